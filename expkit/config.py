@@ -1,0 +1,86 @@
+"""Config schemas: every key a run reads is declared here or in its data/model module.
+
+A typo or a wrong type fails before anything runs, with one line naming the key.
+"""
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from expkit.errors import UserError, require
+
+
+@dataclass
+class OptimConf:
+    name: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+
+
+@dataclass
+class EarlyStopConf:
+    patience: int = 0
+    min_delta: float = 1e-4
+
+
+@dataclass
+class TrainerConf:
+    epochs: int = 50
+    batch_size: int = 256
+    eval_batch_size: int = 1024
+    device: str = "auto"
+    threads: Optional[int] = None
+    record_steps: bool = False
+    grad_layers: List[int] = field(default_factory=list)
+    compile: bool = False
+    checkpoint: bool = True
+    save_model: bool = True
+    early_stop: EarlyStopConf = field(default_factory=EarlyStopConf)
+
+
+@dataclass
+class ReportConf:
+    plots: List[Any] = field(default_factory=list)
+
+
+TOP_LEVEL = {"data", "model", "optim", "trainer", "report", "seed", "name", "logger"}
+
+
+def _check(section, schema, node):
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), node)
+    except OmegaConfBaseException as ex:
+        key = f"{section}.{ex.full_key}" if getattr(ex, "full_key", None) else section
+        msg = str(ex).splitlines()[0]
+        raise UserError(f"config {key}: {msg} (see conf/{section}/ for valid keys)") from None
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Return a typed copy of cfg, or raise UserError on the first bad key or value."""
+    from expkit.data import data_schema
+    from expkit.models import model_schema
+
+    unknown = set(cfg.keys()) - TOP_LEVEL
+    require(not unknown, f"unknown top-level config key(s) {sorted(unknown)}; valid: {sorted(TOP_LEVEL)}")
+    out = OmegaConf.create({"seed": cfg.get("seed", 42), "name": cfg.get("name", "default")})
+    require(isinstance(out.seed, int), f"seed must be an integer, got {out.seed!r}")
+    out.data = _check("data", data_schema(cfg.data.get("name")), cfg.data)
+    out.model = _check("model", model_schema(cfg.model.get("name")), cfg.model)
+    out.optim = _check("optim", OptimConf, cfg.optim)
+    out.trainer = _check("trainer", TrainerConf, cfg.trainer)
+    out.report = _check("report", ReportConf, cfg.get("report", {}))
+    if "logger" in cfg:
+        out.logger = cfg.logger
+    o, t = out.optim, out.trainer
+    require(o.name in ("adam", "sgd"), f"optim.name must be adam or sgd, got {o.name!r}")
+    require(o.lr > 0, f"optim.lr must be > 0, got {o.lr} (e.g. optim.lr=0.001)")
+    require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    require(t.epochs >= 1, f"trainer.epochs must be >= 1, got {t.epochs}")
+    require(t.batch_size >= 1, f"trainer.batch_size must be >= 1, got {t.batch_size}")
+    require(t.eval_batch_size >= 1, f"trainer.eval_batch_size must be >= 1, got {t.eval_batch_size}")
+    require(t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
+            f"trainer.device must be auto, cpu or cuda, got {t.device!r}")
+    OmegaConf.set_readonly(out, True)
+    return out

@@ -1,0 +1,153 @@
+"""One job: validate config, seed, pick device and threads, load data, build model, train, save.
+
+Everything a run leaves is in its Hydra run dir:
+  metrics.csv, summary.json, config.yaml (resolved), predictions.csv, model file, curves.png
+  (+ steps.csv, boundary.npz when recorded). summary.json is written last: its presence
+  means the run finished (status completed | diverged | failed).
+"""
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from expkit import __version__
+from expkit.cache import atomic_write
+from expkit.config import validate
+from expkit.errors import UserError
+
+log = logging.getLogger("expkit")
+SUMMARY = "summary.json"
+
+
+def run_job(cfg):
+    """Hydra task function. A user error in a single run: one line, exit 2, nothing left behind.
+    In a sweep every failure is recorded in the job's summary.json so the other jobs go on."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    sweeping = hc.mode == RunMode.MULTIRUN
+    overrides = list(hc.overrides.task)
+    t0 = time.time()
+    try:
+        summary = run(cfg, run_dir, overrides)
+    except Exception as ex:
+        user = isinstance(ex, UserError)
+        msg = str(ex) if user else f"{type(ex).__name__}: {ex}"
+        if not sweeping:
+            if not user:
+                raise  # a programming error keeps its traceback
+            _remove_partial(run_dir)
+            sys.stderr.write(f"error: {msg}\n")
+            sys.exit(2)
+        log.error("job failed: %s", msg)
+        if not user:
+            log.error(traceback.format_exc())
+        summary = {"status": "failed", "error": msg, "overrides": overrides, "wall_time_s": time.time() - t0}
+        _write_json(run_dir / SUMMARY, summary)
+    if sweeping:
+        from expkit.report.aggregate import write_table
+
+        write_table(run_dir.parent)  # keep the sweep table current after every job
+    return summary.get("status")
+
+
+def run(cfg, run_dir: Path, overrides=()):
+    cfg = validate(cfg)
+    done = _finished(run_dir, cfg)
+    if done:
+        log.info("already completed in %s; skipping (delete %s to re-run)", run_dir, SUMMARY)
+        return done
+
+    import numpy as np
+    import torch
+
+    from expkit import data as datasets, models
+    from expkit.report import outputs
+
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.trainer.device)
+    torch.set_num_threads(pick_threads(cfg.trainer.threads))
+
+    splits = datasets.load(cfg.data)
+    log.info("data: %s (train %d, val %d, test %d, %d classes)", splits.description,
+             len(splits.train), len(splits.val), len(splits.test), splits.n_classes)
+    kind, model = models.build(cfg.model, splits)
+    t0 = time.time()
+    if kind == "torch":
+        from expkit.trainers import torch as trainer
+        history = trainer.fit(model, splits, cfg, run_dir, device, cfg.seed)
+    else:
+        from expkit.trainers import estimator as trainer
+        history = trainer.fit(model, splits, cfg)
+    wall = time.time() - t0
+
+    summary = outputs.summarize(cfg, history, model, splits, wall, device, overrides)
+    outputs.save(run_dir, cfg, history, model, splits, summary)
+    _write_json(run_dir / SUMMARY, summary)  # last: marks the run finished
+    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    log.info("%s: test acc %.4f, val acc %.4f, %.1fs on %s -> %s", summary["status"], summary["final"]["test_acc"],
+             summary["final"]["val_acc"], wall, device, run_dir)
+    return summary
+
+
+def pick_device(name):
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("trainer.device=cuda but no CUDA device is available; use trainer.device=auto or cpu")
+    return torch.device(name)
+
+
+def pick_threads(threads):
+    """This job's share of the cores: parallel jobs each get cores/n_jobs (1 by default on 2 cores)."""
+    if threads:
+        return threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        launcher = HydraConfig.get().launcher
+        parallel = launcher.get("n_jobs") or launcher.get("array_parallelism") or 1
+        if launcher.get("cpus_per_task"):
+            return int(launcher.cpus_per_task)
+    except Exception:
+        parallel = 1
+    parallel = cores if parallel in (-1, None) else parallel
+    return max(1, cores // max(1, int(parallel)))
+
+
+def _finished(run_dir, cfg):
+    """The saved summary if this exact config already completed here (re-runs skip it)."""
+    path = run_dir / SUMMARY
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except ValueError:
+        return None
+    same = summary.get("config") == OmegaConf.to_container(cfg)
+    return summary if same and summary.get("status") in ("completed", "diverged") else None
+
+
+def _write_json(path, obj):
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=str)))
+
+
+def _remove_partial(run_dir):
+    """Remove a run dir that holds nothing but Hydra's own files (the run never started)."""
+    if not run_dir.exists():
+        return
+    ours = [p for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"]
+    if not ours:
+        shutil.rmtree(run_dir, ignore_errors=True)
