@@ -24,8 +24,10 @@ def _one_line(ex):
             opts.append(ln)
     if "Could not find" in msg and opts:
         msg += f" (available: {', '.join(opts)})"
-    if "Key '" in msg and "is not in struct" in msg:
-        msg += " (check the spelling; add a new key with +key=value)"
+    if msg.startswith("Could not override"):
+        key = msg.split("'")[1] if "'" in msg else "?"
+        msg = (f"unknown config key {key!r}: check its spelling against `python train.py --cfg job` "
+               f"(a key that is really new: +{key}=VALUE)")
     return msg
 
 

@@ -61,6 +61,7 @@ def run_job(cfg):
 
 def run(cfg, run_dir: Path, overrides=()):
     cfg = validate(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
     done = _finished(run_dir, cfg)
     if done:
         log.info("already completed in %s; skipping (delete %s to re-run)", run_dir, SUMMARY)
@@ -77,7 +78,7 @@ def run(cfg, run_dir: Path, overrides=()):
     device = pick_device(cfg.trainer.device)
     torch.set_num_threads(pick_threads(cfg.trainer.threads))
 
-    splits = datasets.load(cfg.data)
+    splits = datasets.load(cfg.data, cfg.model)  # a model may ask for its own input transform
     log.info("data: %s (train %d, val %d, test %d, %d classes)", splits.description,
              len(splits.train), len(splits.val), len(splits.test), splits.n_classes)
     kind, model = models.build(cfg.model, splits)

@@ -50,8 +50,10 @@ def data_schema(name):
     return _module(name).Conf
 
 
-def load(conf) -> Splits:
-    splits = _module(conf.name).load(conf)
+def load(conf, model_conf=None) -> Splits:
+    """model_conf lets a data set pick the input transform a model needs (e.g. ResNet vs XGBoost)."""
+    mod = _module(conf.name)
+    splits = mod.load(conf, model_conf) if getattr(mod, "WANTS_MODEL_CONF", False) else mod.load(conf)
     for part, s in splits.items():
         require(len(s) > 0, f"data split {part!r} is empty; check data.root")
     return splits

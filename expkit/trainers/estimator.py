@@ -1,0 +1,31 @@
+"""Fit an sklearn-style estimator (sklearn, xgboost, or a feature pipeline) once: one 'epoch' row."""
+import numpy as np
+
+from expkit.trainers import History
+
+
+def as_matrix(split):
+    x = split.x.numpy() if hasattr(split.x, "numpy") else np.asarray(split.x)
+    return x.reshape(len(split), -1)
+
+
+def probabilities(model, x, n_classes):
+    if hasattr(model, "predict_proba"):
+        return np.asarray(model.predict_proba(x), dtype=np.float64)
+    return np.eye(n_classes)[np.asarray(model.predict(x), dtype=np.int64)]  # hard predictions only
+
+
+def fit(model, splits, cfg) -> History:
+    model.fit(as_matrix(splits.train), splits.train.y)
+    row, probs = {"epoch": 1}, {}
+    for part, split in splits.items():
+        p = probabilities(model, as_matrix(split), splits.n_classes)
+        p_true = np.clip(p[np.arange(len(split)), split.y], 1e-15, 1.0)
+        row[f"{part}_loss"] = float(-np.log(p_true).mean())  # log loss (hard predictions: large)
+        row[f"{part}_acc"] = float((p.argmax(1) == split.y).mean())
+        probs[part] = p
+    extras = {}
+    if hasattr(model, "n_support_"):
+        extras["n_support_vectors"] = int(np.sum(model.n_support_))
+        extras["report_columns"] = {"n_support_vectors": extras["n_support_vectors"]}
+    return History(rows=[row], iterations_per_epoch=1, test_probs=probs["test"], extras=extras)

@@ -1,0 +1,43 @@
+"""Shared fixtures: compose configs as train.py would, tiny data in the real formats, subprocess runs."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+os.environ.setdefault("EXPKIT_CACHE", str(ROOT / ".cache" / "test"))
+
+
+def compose_cfg(overrides=(), name="config"):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+def write_countries(root: Path, n=600, classes=4, seed=0):
+    """Blobs in the real CSV format: header ',long,lat,country', first column = original row index."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    centers = rng.uniform([-5, 40], [30, 65], size=(classes, 2))
+    for part, m in (("train", n), ("validation", n // 4), ("test", n // 4)):
+        y = rng.integers(0, classes, m)
+        x = centers[y] + rng.normal(0, 1.5, (m, 2))
+        lines = [",long,lat,country"] + [f"{rng.integers(1e6)},{a},{b},{c}" for (a, b), c in zip(x, y)]
+        (root / f"{part}.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def countries_root(tmp_path):
+    return write_countries(tmp_path / "countries")
+
+
+def run_cli(*args, cwd=ROOT, timeout=600):
+    """Run train.py (or another script) as a user would; returns the CompletedProcess."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0")
+    cmd = [sys.executable, *(args if str(args[0]).endswith(".py") or args[0] == "-m" else ("train.py", *args))]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
