@@ -81,7 +81,10 @@ def collect(roots):
     df = df.rename(columns={c: c[1:] for c in varying})
     lead = (["sweep"] if "sweep" in df else []) + ["job"] + [c[1:] for c in varying]
     df = df[lead + [c for c in df.columns if c not in lead]]
-    return df.dropna(axis=1, how="all")
+    df = df.dropna(axis=1, how="all")
+    if "error" in df and not df.error.astype(bool).any():
+        df = df.drop(columns="error")
+    return df
 
 
 def swept_keys(df):
