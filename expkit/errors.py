@@ -8,3 +8,8 @@ class UserError(Exception):
 def require(ok, message):
     if not ok:
         raise UserError(message)
+
+
+class Skipped(UserError):
+    """The job cannot run here for a reason the user must act on (e.g. pretrained weights are
+    not on this machine). In a sweep it is recorded as status 'skipped', not as a failure."""

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from expkit import __version__
 from expkit.cache import atomic_write
 from expkit.config import validate
-from expkit.errors import UserError
+from expkit.errors import Skipped, UserError
 
 log = logging.getLogger("expkit")
 SUMMARY = "summary.json"
@@ -47,10 +47,11 @@ def run_job(cfg):
             _remove_partial(run_dir)
             sys.stderr.write(f"error: {msg}\n")
             sys.exit(2)
-        log.error("job failed: %s", msg)
+        status = "skipped" if isinstance(ex, Skipped) else "failed"
+        (log.warning if status == "skipped" else log.error)("job %s: %s", status, msg)
         if not user:
             log.error(traceback.format_exc())
-        summary = {"status": "failed", "error": msg, "overrides": overrides, "wall_time_s": time.time() - t0}
+        summary = {"status": status, "error": msg, "overrides": overrides, "wall_time_s": time.time() - t0}
         _write_json(run_dir / SUMMARY, summary)
     if sweeping:
         from expkit.report.aggregate import write_table
