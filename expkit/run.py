@@ -53,10 +53,12 @@ def run_job(cfg):
             log.error(traceback.format_exc())
         summary = {"status": status, "error": msg, "overrides": overrides, "wall_time_s": time.time() - t0}
         _write_json(run_dir / SUMMARY, summary)
-    if sweeping:
-        from expkit.report.aggregate import write_table
+    from expkit.report.aggregate import build_report, write_table
 
+    if sweeping:
         write_table(run_dir.parent)  # keep the sweep table current after every job
+    elif cfg.get("report") and cfg.report.get("plots"):
+        build_report(run_dir)  # a single-run preset's own plots
     return summary.get("status")
 
 

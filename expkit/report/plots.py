@@ -121,6 +121,20 @@ def best_worst(df, paths, out, by="val_acc"):
             boundary(p / "boundary.npz", out / f"{tag}_boundary.png", f"{tag}: {label}")
 
 
+def losses(df, paths, out, name="loss_curves.png"):
+    """Train, val and test loss vs epoch, one panel per job."""
+    jobs = _ok(df, paths)
+    fig, axes = plt.subplots(1, len(jobs), figsize=(6.5 * len(jobs), 4), squeeze=False)
+    for ax, (row, p, label) in zip(axes[0], jobs):
+        m = pd.read_csv(p / "metrics.csv")
+        for part in ("train", "val", "test"):
+            ax.plot(m.epoch, m[f"{part}_loss"], label=part)
+        ax.set(xlabel="epoch", ylabel="loss", title=label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    savefig(fig, out / name)
+
+
 def boundaries(df, paths, out):
     """A decision-boundary plot per job."""
     for row, p, label in _ok(df, paths):
@@ -143,7 +157,7 @@ def grad_norms(df, paths, out, name="grad_norms.png"):
     savefig(fig, out / name)
 
 
-PLOTS = {"epochs": epochs, "steps": steps, "vs_param": vs_param, "best_worst": best_worst,
+PLOTS = {"epochs": epochs, "losses": losses, "steps": steps, "vs_param": vs_param, "best_worst": best_worst,
          "boundaries": boundaries, "grad_norms": grad_norms}
 
 
