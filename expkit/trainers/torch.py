@@ -101,8 +101,9 @@ def fit(model, splits, cfg, run_dir: Path, device, seed) -> History:
     steps = []
     start_epoch, best_val, bad_epochs = 0, math.inf, 0
     ckpt_path = run_dir / CHECKPOINT
+    fingerprint = _fingerprint(cfg)  # a checkpoint resumes only the config that wrote it
     if t_cfg.checkpoint and ckpt_path.exists():
-        start_epoch, best_val, bad_epochs = _resume(ckpt_path, model, opt, shuffle, hist, steps)
+        start_epoch, best_val, bad_epochs = _resume(ckpt_path, model, opt, shuffle, hist, steps, fingerprint)
 
     for epoch in range(start_epoch, t_cfg.epochs):
         t0 = time.perf_counter()
@@ -160,7 +161,8 @@ def fit(model, splits, cfg, run_dir: Path, device, seed) -> History:
             log.info("early stop after epoch %d: val loss improved < %g for %d epoch(s)", epoch + 1, es.min_delta, bad_epochs)
             break
         if t_cfg.checkpoint and epoch + 1 < t_cfg.epochs:
-            _save_checkpoint(ckpt_path, epoch + 1, model, opt, shuffle, hist, steps, best_val, bad_epochs)
+            _save_checkpoint(ckpt_path, epoch + 1, model, opt, shuffle, hist, steps, best_val, bad_epochs,
+                             fingerprint)
 
     if steps:
         hist.steps = np.concatenate(steps)
@@ -169,9 +171,17 @@ def fit(model, splits, cfg, run_dir: Path, device, seed) -> History:
     return hist
 
 
-def _save_checkpoint(path, epoch, model, opt, shuffle, hist, steps, best_val, bad_epochs):
+def _fingerprint(cfg):
+    import json
+
+    from omegaconf import OmegaConf
+
+    return json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True, default=str)
+
+
+def _save_checkpoint(path, epoch, model, opt, shuffle, hist, steps, best_val, bad_epochs, fingerprint):
     state = {
-        "epoch": epoch, "model": model.state_dict(), "optim": opt.state_dict(),
+        "epoch": epoch, "config": fingerprint, "model": model.state_dict(), "optim": opt.state_dict(),
         "rng_torch": torch.get_rng_state(), "rng_shuffle": shuffle.get_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "rows": hist.rows, "steps": [torch.from_numpy(s) for s in steps],
@@ -180,14 +190,24 @@ def _save_checkpoint(path, epoch, model, opt, shuffle, hist, steps, best_val, ba
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def _resume(path, model, opt, shuffle, hist, steps):
+def _resume(path, model, opt, shuffle, hist, steps, fingerprint):
+    import pickle
+    import warnings
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
+        with warnings.catch_warnings():  # torch warns about pickle protocols: the error below says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
+        if state.get("config") != fingerprint:
+            log.warning("ignoring %s: written by a different config; starting this run afresh", path)
+            return 0, math.inf, 0
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optim"])
     except Exception as ex:
-        raise UserError(f"cannot resume from {path}: {type(ex).__name__}: {str(ex).splitlines()[0][:200]} "
-                        "(delete the file to start this run afresh)") from None
+        # torch's own message suggests weights_only=False, which would run whatever the file holds
+        why = ("damaged, or holds objects other than tensors (never loaded)" if isinstance(ex, pickle.UnpicklingError)
+               else f"{type(ex).__name__}: {str(ex).splitlines()[0][:200] if str(ex) else ''}")
+        raise UserError(f"cannot resume from {path}: {why} (delete the file to start this run afresh)") from None
     torch.set_rng_state(state["rng_torch"])
     shuffle.set_state(state["rng_shuffle"])
     if state["rng_cuda"]:

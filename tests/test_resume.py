@@ -1,0 +1,108 @@
+"""Surviving interruptions: SIGKILL + resume, tampered checkpoints, sweeps that fail in part and re-run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import torch
+
+from conftest import ROOT, run_cli, write_countries
+
+# threads=1: the same float reductions in both runs, so "same metrics" can mean bit-identical
+SLOW = ["trainer.epochs=6", "trainer.batch_size=8", "trainer.threads=1", "optim.lr=0.01"]
+
+
+def _ckpt_epoch(path):
+    try:
+        return torch.load(path, weights_only=True)["epoch"]
+    except Exception:  # not there yet
+        return 0
+
+
+def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path):
+    data = write_countries(tmp_path / "d", n=8000)
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    args = [sys.executable, "train.py", f"data.root={data}", *SLOW, f"hydra.run.dir={killed}"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while _ckpt_epoch(killed / "checkpoint.pt") < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    k = _ckpt_epoch(killed / "checkpoint.pt")
+    assert 2 <= k < 6 and not (killed / "summary.json").exists(), "the kill must land mid-training"
+
+    resumed = run_cli(f"data.root={data}", *SLOW, f"hydra.run.dir={killed}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"after epoch {k}" in resumed.stderr + resumed.stdout  # it resumed, not restarted
+    assert run_cli(f"data.root={data}", *SLOW, f"hydra.run.dir={whole}").returncode == 0
+
+    cols = lambda d: pd.read_csv(d / "metrics.csv").drop(columns="time_s")
+    pd.testing.assert_frame_equal(cols(killed), cols(whole), check_exact=True)
+    assert json.loads((killed / "summary.json").read_text())["status"] == "completed"
+    assert not (killed / "checkpoint.pt").exists()  # removed once the run finished
+
+
+def test_checkpoint_of_another_config_is_not_resumed(tmp_path):
+    data = write_countries(tmp_path / "d", n=400)
+    run_dir = tmp_path / "r"
+    base = [f"data.root={data}", "trainer.epochs=3", "trainer.threads=1", f"hydra.run.dir={run_dir}"]
+    run_dir.mkdir()
+    # what a killed run of some other config leaves behind (its weights would not even fit)
+    torch.save({"epoch": 1, "config": "{}", "model": {}, "rows": []}, run_dir / "checkpoint.pt")
+    r = run_cli(*base, "optim.lr=0.01")
+    assert r.returncode == 0, r.stderr
+    assert "different config" in r.stderr + r.stdout
+    assert list(pd.read_csv(run_dir / "metrics.csv").epoch) == [1, 2, 3]
+
+
+class Payload:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):  # what a malicious pickle does: run code on load
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_tampered_or_malicious_checkpoint_fails_cleanly(tmp_path):
+    data = write_countries(tmp_path / "d", n=200)
+    for i, write in enumerate([lambda p: p.write_bytes(b"\x80\x04garbage"),
+                               lambda p: torch.save({"epoch": 1, "x": Payload(tmp_path / "PWNED")}, p)]):
+        run_dir = tmp_path / f"r{i}"
+        run_dir.mkdir()
+        write(run_dir / "checkpoint.pt")
+        r = run_cli(f"data.root={data}", "trainer.epochs=2", f"hydra.run.dir={run_dir}")
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: cannot resume"), r.stderr
+        assert "checkpoint.pt" in lines[0] and "Traceback" not in r.stderr
+        assert not (run_dir / "summary.json").exists() and not (run_dir / "metrics.csv").exists()
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_sweep_records_failed_and_diverged_jobs_then_rerun_skips_finished(tmp_path):
+    good, late = write_countries(tmp_path / "good", n=200), tmp_path / "late"  # `late` appears later
+    sweep = tmp_path / "sweep"
+    args = ["-m", "trainer.epochs=2", "optim=sgd", f"data.root={good},{late}", "optim.lr=0.01,1e9",
+            f"hydra.sweep.dir={sweep}"]
+    r = run_cli(*args)
+    assert r.returncode == 1, r.stderr  # something failed: the exit status says so
+    table = pd.read_csv(sweep / "results.csv")
+    assert len(table) == 4
+    by = {(row["data.root"], row["optim.lr"]): row for row in table.to_dict("records")}
+    assert by[(str(good), 0.01)]["status"] == "completed"
+    assert by[(str(good), 1e9)]["status"] == "diverged"
+    for lr in (0.01, 1e9):  # the table says which jobs failed and why
+        assert by[(str(late), lr)]["status"] == "failed" and "missing data file" in by[(str(late), lr)]["error"]
+
+    write_countries(late, n=200)
+    done = {j: (sweep / str(j) / "summary.json").stat().st_mtime_ns for j in range(4)
+            if json.loads((sweep / str(j) / "summary.json").read_text())["status"] != "failed"}
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    table = pd.read_csv(sweep / "results.csv")
+    assert set(table.status) == {"completed", "diverged"}
+    for j, mtime in done.items():  # finished jobs were skipped, not re-trained
+        assert (sweep / str(j) / "summary.json").stat().st_mtime_ns == mtime
