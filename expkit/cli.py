@@ -24,6 +24,8 @@ def _one_line(ex):
             opts.append(ln)
     if "Could not find" in msg and opts:
         msg += f" (available: {', '.join(opts)})"
+    if ("Could not find" in msg or "Could not load" in msg) and ("hydra/launcher/" in msg or "hydra/sweeper/" in msg):
+        msg += "; the joblib/submitit launchers and the optuna sweeper are extras: pip install -e \".[launchers,hpo]\""
     if msg.startswith("Could not override"):
         key = msg.split("'")[1] if "'" in msg else "?"
         msg = (f"unknown config key {key!r}: check its spelling against `python train.py --cfg job` "

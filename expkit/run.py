@@ -95,6 +95,7 @@ def run(cfg, run_dir: Path, overrides=()):
     wall = time.time() - t0
 
     summary = outputs.summarize(cfg, history, model, splits, wall, device, overrides)
+    summary["threads"] = torch.get_num_threads()
     outputs.save(run_dir, cfg, history, model, splits, summary)
     _write_json(run_dir / SUMMARY, summary)  # last: marks the run finished
     (run_dir / "checkpoint.pt").unlink(missing_ok=True)
@@ -114,7 +115,9 @@ def pick_device(name):
 
 
 def pick_threads(threads):
-    """This job's share of the cores: parallel jobs each get cores/n_jobs (1 by default on 2 cores)."""
+    """This job's share of the cores. joblib runs n_jobs jobs at once on this machine and
+    submitit_local all of them: each gets cores // parallel (1 on 2 cores). A SLURM job owns its
+    allocation (cpus_per_task, else the cores it may run on). The basic launcher: all cores."""
     if threads:
         return threads
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -122,13 +125,19 @@ def pick_threads(threads):
         from hydra.core.hydra_config import HydraConfig
 
         launcher = HydraConfig.get().launcher
-        parallel = launcher.get("n_jobs") or launcher.get("array_parallelism") or 1
-        if launcher.get("cpus_per_task"):
-            return int(launcher.cpus_per_task)
-    except Exception:
+        target = str(launcher.get("_target_", ""))
+    except Exception:  # not under Hydra (tests, library use)
+        return cores
+    if launcher.get("cpus_per_task"):
+        return int(launcher.cpus_per_task)
+    if "n_jobs" in launcher:  # joblib: -1 = all cores, -2 = all but one, ...
+        n = int(launcher.n_jobs or -1)
+        parallel = n if n > 0 else max(1, cores + 1 + n)
+    elif target.endswith("LocalLauncher"):
+        parallel = cores
+    else:
         parallel = 1
-    parallel = cores if parallel in (-1, None) else parallel
-    return max(1, cores // max(1, int(parallel)))
+    return max(1, cores // parallel)
 
 
 def _finished(run_dir, cfg):

@@ -1,0 +1,62 @@
+"""Launchers: joblib and submitit_local give the basic launcher's results table; SLURM preset; threads."""
+import json
+import os
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import ROOT, run_cli, write_countries
+
+METRICS = ["train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss", "best_val_acc"]
+CORES = len(os.sched_getaffinity(0))
+
+
+def _sweep(tmp_path, data, launcher):
+    out = tmp_path / launcher
+    r = run_cli("-m", "experiment=ex4/lr", f"hydra/launcher={launcher}", f"data.root={data}", "trainer.epochs=1",
+                f"hydra.sweep.dir={out}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    threads = [json.loads((out / str(j) / "summary.json").read_text())["threads"] for j in range(4)]
+    return pd.read_csv(out / "results.csv"), threads
+
+
+@pytest.fixture(scope="module")
+def basic(tmp_path_factory):
+    """The tiny data and the basic launcher's sweep on it, shared by the launcher comparisons."""
+    tmp = tmp_path_factory.mktemp("launchers")
+    data = write_countries(tmp / "d", n=200)
+    return data, *_sweep(tmp, data, "basic")
+
+
+@pytest.mark.parametrize("launcher, plugin", [("joblib", "hydra_plugins.hydra_joblib_launcher"),
+                                              ("submitit_local", "hydra_plugins.hydra_submitit_launcher")])
+def test_parallel_launcher_gives_the_basic_table_with_one_thread_per_job(tmp_path, basic, launcher, plugin):
+    pytest.importorskip(plugin, reason="pip install -e '.[launchers]'")
+    data, basic, basic_threads = basic
+    table, threads = _sweep(tmp_path, data, launcher)
+    assert list(table["optim.lr"]) == [1, 0.01, 0.001, 1e-5] and set(table.status) == {"completed"}
+    pd.testing.assert_frame_equal(table[["optim.lr", *METRICS]], basic[["optim.lr", *METRICS]])
+    assert basic_threads == [CORES] * 4  # one job at a time: all cores
+    assert threads == [1] * 4  # as many jobs as cores run at once (joblib n_jobs=-1): 1 torch thread each
+
+
+def test_slurm_preset_sets_the_cluster_knobs_and_the_job_threads():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[launchers]'")
+    from hydra.core.hydra_config import HydraConfig
+
+    from expkit.run import pick_threads
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=3"], return_hydra_config=True)
+    la = cfg.hydra.launcher
+    assert la._target_.endswith("SlurmLauncher")
+    assert la.partition and la.gpus_per_node == 1 and la.timeout_min > 0 and la.array_parallelism >= 1
+    HydraConfig.instance().set_config(cfg)
+    assert pick_threads(None) == 3 and pick_threads(5) == 5
+
+
+def test_missing_launcher_names_the_extra_to_install():
+    r = run_cli("-m", "hydra/launcher=nosuch", "trainer.epochs=1")
+    assert r.returncode == 2 and r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+    assert "available:" in r.stderr and 'pip install -e ".[launchers' in r.stderr
