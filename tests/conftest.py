@@ -37,7 +37,14 @@ def countries_root(tmp_path):
 
 
 def run_cli(*args, cwd=ROOT, timeout=600):
-    """Run train.py (or another script) as a user would; returns the CompletedProcess."""
+    """`python train.py ARGS` as a user would type it (ARGS may start with -m for a sweep);
+    if ARGS[0] is a script path ending in .py, that script instead. Returns the CompletedProcess."""
+    script = () if str(args[0]).endswith(".py") else ("train.py",)
+    return run_python(*script, *args, cwd=cwd, timeout=timeout)
+
+
+def run_python(*args, cwd=ROOT, timeout=600):
+    """`python ARGS`, e.g. run_python("-m", "expkit.report", DIR)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0")
-    cmd = [sys.executable, *(args if str(args[0]).endswith(".py") or args[0] == "-m" else ("train.py", *args))]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
