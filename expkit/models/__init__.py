@@ -9,6 +9,7 @@ from expkit.errors import require
 
 MODELS = {
     "mlp": "expkit.models.mlp",
+    "cnn": "expkit.models.cnn", "sklearn": "expkit.models.sklearn",
 }
 
 

@@ -29,6 +29,7 @@ def summarize(cfg, hist, model, splits, wall, device, overrides):
         "diverged": hist.diverged,
         "stopped_early": hist.stopped_early,
         "n_params": n_params,
+        "layers": _layers(model, splits),  # per layer: output shape (conv shapes) and parameter count
         "device": str(device),
         "data": splits.description,
         "n_train": len(splits.train),
@@ -39,6 +40,24 @@ def summarize(cfg, hist, model, splits, wall, device, overrides):
         **hist.extras,
         "config": OmegaConf.to_container(cfg),
     }
+
+
+def _layers(model, splits):
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        return None
+    from expkit.models.cnn import describe
+
+    try:  # one sample through the data's own prepare (it may cast or resize), then the model
+        x = torch.zeros(1, *splits.input_shape, dtype=torch.as_tensor(splits.train.x[:1]).dtype)
+        x = x.to(next(model.parameters()).device)
+        return describe(model, splits.prepare(x) if splits.prepare else x)
+    except Exception as ex:  # informative only: never lose a finished run over it
+        import logging
+
+        logging.getLogger(__name__).warning("layer shapes not recorded: %s: %s", type(ex).__name__, ex)
+        return None
 
 
 def save(run_dir, cfg, hist, model, splits, summary):

@@ -159,6 +159,7 @@ def grad_norms(df, paths, out, name="grad_norms.png"):
 
 PLOTS = {"epochs": epochs, "losses": losses, "steps": steps, "vs_param": vs_param, "best_worst": best_worst,
          "boundaries": boundaries, "grad_norms": grad_norms}
+PLOTS.update(__import__("expkit.report.study_plots", fromlist=["STUDY_PLOTS"]).STUDY_PLOTS)  # hw6/pset10 kinds
 
 
 def draw(spec, df, paths, out):

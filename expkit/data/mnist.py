@@ -1,0 +1,111 @@
+"""MNIST digits -> 10 classes, class-balanced training subsets of a given size.
+
+Real data: torchvision's files under data.root (ROOT/MNIST/raw/*-ubyte, as
+torchvision.datasets.MNIST(ROOT) leaves them; ROOT/raw/ or ROOT/ itself also work).
+data.download=true lets torchvision fetch them into ROOT (needs the internet).
+Default: scikit-learn's bundled 8x8 digits (1,797 images; no download); the model's
+input size follows the data.
+"""
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from expkit.data import Split, Splits
+from expkit.data.imageops import Normalize, balanced_indices
+from expkit.errors import UserError, require
+
+log = logging.getLogger(__name__)
+FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+DIGITS_TRAIN_PER_CLASS = 150  # the embedded digits: 150 per class to train on, the other 297 to test
+
+
+@dataclass
+class Conf:
+    name: str = "mnist"
+    root: Optional[str] = None
+    download: bool = False            # let torchvision download MNIST into root (internet)
+    train_size: Optional[int] = None  # class-balanced subset of the training images; null = all
+    val_size: int = 1000              # class-balanced, from training images not trained on
+    test_size: int = 1000             # class-balanced subset of the test images
+
+
+def load(conf) -> Splits:
+    for key in ("train_size", "val_size", "test_size"):
+        v = getattr(conf, key)
+        require(v is None or v >= 1, f"data.{key} must be >= 1, got {v}")
+    rng = np.random.default_rng(0)  # the subsets are fixed: sweeps over sizes and seeds see the same data
+    if conf.root:
+        (xtr, ytr), (xte, yte) = _read(Path(conf.root), conf.download)
+        desc = f"MNIST from {conf.root}"
+        scale = 255.0
+    else:
+        require(not conf.download, "data.download=true needs data.root=DIR to download MNIST into")
+        (xtr, ytr), (xte, yte) = _digits(rng)
+        desc = ("mnist: EMBEDDED DEFAULT (scikit-learn's 8x8 digits, 1,797 images: 1,500 to train on, "
+                "297 to test and validate on), not MNIST; set data.root for MNIST")
+        scale = 16.0  # digits pixels are 0..16
+    # the whole test set when it is asked for (the digits' 297 are not balanced); else a balanced subset
+    te = np.arange(len(yte)) if conf.test_size >= len(yte) else balanced_indices(yte, conf.test_size, rng, "data.test_size")
+    order = rng.permutation(len(ytr))
+    if conf.root:  # validation: held-out training images; the subsets to train on come from the rest
+        val = balanced_indices(ytr, min(conf.val_size, len(ytr) // 2), rng, "data.val_size")
+        pool = np.setdiff1d(order, val, assume_unique=True)
+        val_split = Split(xtr[val], ytr[val], val)
+    else:
+        pool, val_split = order, None
+    n = conf.train_size or len(pool)
+    tr = pool[balanced_indices(ytr[pool], n, rng)]
+    test = Split(xte[te], yte[te], te)
+    desc += f"; {len(tr)} training images, class-balanced"
+    return Splits(Split(xtr[tr], ytr[tr], tr), val_split or test, test, n_classes=10, description=desc,
+                  prepare=Normalize([0.0], [1.0], scale))
+
+
+def _read(root: Path, download):
+    import torch
+
+    if download:
+        from torchvision.datasets import MNIST
+
+        try:
+            for train in (True, False):
+                MNIST(str(root), train=train, download=True)
+        except Exception as ex:
+            raise UserError(f"downloading MNIST into {root} failed ({type(ex).__name__}: "
+                            f"{str(ex).splitlines()[0][:150]}); without internet, copy the files there") from None
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    dirs = [root / "MNIST" / "raw", root / "raw", root]
+    found = next((d for d in dirs if (d / FILES["train"][0]).is_file()), None)
+    if found is None:
+        gz = next((d for d in dirs if (d / (FILES["train"][0] + ".gz")).is_file()), None)
+        hint = f"gunzip the .gz files in {gz}" if gz else "or data.download=true to fetch them"
+        raise UserError(f"no MNIST files under {root}: expected {root}/MNIST/raw/{FILES['train'][0]} "
+                        f"(torchvision's layout) and the other three idx files; {hint}")
+    out = []
+    for part, (images, labels) in FILES.items():
+        try:
+            x, y = read_image_file(str(found / images)), read_label_file(str(found / labels))
+        except FileNotFoundError as ex:
+            raise UserError(f"missing MNIST file {ex.filename}; {found} must hold all four idx files") from None
+        except Exception as ex:
+            raise UserError(f"cannot read MNIST idx file in {found} ({type(ex).__name__}: {ex}); "
+                            "are they intact, un-gzipped idx files?") from None
+        require(len(x) == len(y), f"MNIST {part}: {len(x)} images but {len(y)} labels in {found}")
+        out.append((x.unsqueeze(1).numpy(), y.to(torch.int64).numpy()))  # N, 1, 28, 28 uint8
+    return out
+
+
+def _digits(rng):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = d.images.astype(np.uint8)[:, None]  # N, 1, 8, 8 with values 0..16
+    y = d.target.astype(np.int64)
+    tr = balanced_indices(y, 10 * DIGITS_TRAIN_PER_CLASS, np.random.default_rng(0))
+    te = np.setdiff1d(np.arange(len(y)), tr)
+    return (x[tr], y[tr]), (x[te], y[te])

@@ -1,0 +1,87 @@
+"""Synthetic edges: 28x28 grey images of a horizontal (class 0) or vertical (class 1) edge at a
+random position; what differs within a class is only where the edge is.
+
+Real data: the course pickle (a dict with `trainX`, N x 28 x 28, and `trainY`) at data.root
+(the file, or a folder holding synth_data / synth_data.pkl). Default: a built-in generator.
+Both are split 80/10/10 into train/val/test, stratified, with a fixed seed.
+"""
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from expkit.data import Split, Splits
+from expkit.data.imageops import Normalize
+from expkit.errors import UserError, require
+
+NAMES = ("synth_data", "synth_data.pkl", "synth_data.pickle")
+
+
+@dataclass
+class Conf:
+    name: str = "synth_edges"
+    root: Optional[str] = None
+    n: int = 10000   # generated images (half per class); the course set has 10,000
+    noise: float = 0.1
+
+
+def generate(n, noise=0.1, seed=0, size=28):
+    """Edges as a step: one side of a random row (class 0) or column (class 1) is bright,
+    within a random window, plus Gaussian noise. Returns float32 N x size x size, int64 labels."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    pos = rng.integers(4, size - 4, n)                  # where the edge is
+    lo = rng.integers(0, size // 2, n)                  # the window the edge spans
+    hi = lo + rng.integers(size // 3, size // 2 + 1, n)
+    flip = rng.random(n) < 0.5                          # which side is bright
+    r = np.arange(size)
+    across = (r[None, :] >= pos[:, None]) ^ flip[:, None]        # n x size: bright side of the edge
+    along = (r[None, :] >= lo[:, None]) & (r[None, :] < hi[:, None])
+    img = across[:, :, None] & along[:, None, :]                  # horizontal edge: varies down the rows
+    img = np.where(y[:, None, None] == 1, img.transpose(0, 2, 1), img).astype(np.float32)
+    img += rng.normal(0, noise, img.shape).astype(np.float32)
+    order = rng.permutation(n)
+    return img[order], y[order].astype(np.int64)
+
+
+def load(conf) -> Splits:
+    if conf.root:
+        x, y = _read(Path(conf.root))
+        desc = f"synthetic edges from the pickle {conf.root}"
+    else:
+        require(conf.n >= 20, f"data.n must be >= 20, got {conf.n}")
+        x, y = generate(conf.n, conf.noise)
+        desc = (f"synth_edges: EMBEDDED DEFAULT (built-in generator: {conf.n} 28x28 images of horizontal vs "
+                "vertical edges at random positions), not the course pickle; set data.root for that")
+    x = x.reshape(len(x), 1, *x.shape[-2:])
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    tr, rest = train_test_split(idx, test_size=0.2, random_state=0, stratify=y)
+    va, te = train_test_split(rest, test_size=0.5, random_state=0, stratify=y[rest])
+    parts = [Split(x[i], y[i], i) for i in (tr, va, te)]
+    return Splits(*parts, n_classes=int(y.max()) + 1, description=desc, prepare=Normalize([0.0], [1.0], 1.0))
+
+
+def _read(root: Path):
+    path = root if root.is_file() else next((root / n for n in NAMES if (root / n).is_file()), None)
+    require(path is not None, f"no synth_data pickle at {root}; give the file or a folder holding one of {list(NAMES)}")
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f)  # the course format is a pickle: only open files you trust
+        x, y = np.asarray(d["trainX"], np.float32), np.asarray(d["trainY"])
+    except (KeyError, TypeError, IndexError):
+        raise UserError(f"{path} is not the synth_data format: expected a dict with keys 'trainX', 'trainY'") from None
+    except Exception as ex:
+        raise UserError(f"cannot read {path} as a pickle ({type(ex).__name__}: {ex})") from None
+    y = y.reshape(-1)
+    require(x.ndim in (3, 4) and len(x) == len(y), f"{path}: trainX must be N x 28 x 28 with N labels in trainY "
+            f"(got {x.shape} and {y.shape})")
+    require(np.isfinite(x).all(), f"{path}: trainX holds NaN/inf values")
+    require(np.issubdtype(y.dtype, np.number) and (y == y.round()).all() and y.min() >= 0,
+            f"{path}: trainY must hold integer class ids 0..K-1")
+    if x.ndim == 4:  # N x H x W x 1 or N x 1 x H x W
+        x = x[..., 0] if x.shape[-1] == 1 else x[:, 0]
+    return x, y.astype(np.int64)
