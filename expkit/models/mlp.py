@@ -94,7 +94,7 @@ def build(conf, splits):
     require(conf.encoding == "raw" or len(splits.input_shape) == 1,
             "model.encoding=sines needs flat numeric features (e.g. data=countries)")
     stats = None
-    if conf.standardize and conf.encoding == "raw":
+    if conf.standardize and conf.encoding == "raw" and splits.prepare is None:  # image data normalise in prepare
         x = torch.as_tensor(splits.train.x).reshape(len(splits.train), -1).float()
         stats = (x.mean(0), x.std(0))
     return MLP(n_in, splits.n_classes, hidden, conf.batchnorm, conf.activation, conf.residual, conf.encoding, stats)
