@@ -48,14 +48,14 @@ def _read_csv(path: Path) -> Split:
     require(not missing, f"{path} lacks column(s) {missing}; expected header ',long,lat,country' (found {list(df.columns)})")
     require(len(df) > 0, f"{path} has no rows; each split needs data")
     x = df[FEATURES]
-    require(all(np.issubdtype(t, np.number) for t in x.dtypes),
+    require(all(pd.api.types.is_numeric_dtype(t) for t in x.dtypes),  # pandas string dtypes break np.issubdtype
             f"{path}: columns long/lat must be numbers; fix the non-numeric values")
     x = x.to_numpy(np.float32)
     bad = ~np.isfinite(x).all(axis=1)
     require(not bad.any(), f"{path}: {bad.sum()} row(s) have NaN/inf in long/lat (first at data row {np.argmax(bad) + 1}); drop or fix them")
     y = df[LABEL]
-    ok = np.issubdtype(y.dtype, np.integer) or (
-        np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and (y == y.round()).all())
+    ok = pd.api.types.is_integer_dtype(y.dtype) or (
+        pd.api.types.is_float_dtype(y.dtype) and np.isfinite(y).all() and (y == y.round()).all())
     require(ok, f"{path}: column 'country' must hold integer class ids 0..K-1 (found {y.dtype} like {y.iloc[0]!r}); encode the labels as integers")
     y = y.to_numpy().astype(np.int64)
     require(y.min() >= 0, f"{path}: column 'country' has negative labels; use class ids 0..K-1")
