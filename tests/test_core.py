@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SHARED, compose_cfg, run_cli, write_countries
+from conftest import ROOT, SHARED, compose_cfg, run_cli, write_countries
 from expkit.run import run
 
 FILES = ["metrics.csv", "summary.json", "config.yaml", "predictions.csv", "model.pt", "curves.png", "boundary.npz"]
@@ -103,3 +103,15 @@ def test_cli_run_and_help(countries_root, tmp_path):
     assert (tmp_path / "cli" / "summary.json").exists()
     h = run_cli("--help")
     assert h.returncode == 0 and "data: countries" in h.stdout
+
+
+GROUPS = ["data", "model", "optim", "trainer", "sweep", "report"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((ROOT / "conf" / g).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("group,option", OPTIONS)
+def test_every_group_option_composes(group, option):
+    from expkit.config import validate
+
+    cfg = compose_cfg([f"{group}={option}"])
+    validate(cfg)  # every key declared, every type right
