@@ -10,6 +10,7 @@ from expkit.errors import require
 DATASETS = {
     "countries": "expkit.data.countries",
     "mnist": "expkit.data.mnist", "dogset": "expkit.data.dogset", "synth_edges": "expkit.data.synth_edges", "cifar10": "expkit.data.cifar10", "points2d": "expkit.data.points2d",
+    "deepfake": "expkit.data.deepfake",
 }
 
 

@@ -10,6 +10,7 @@ from expkit.errors import require
 MODELS = {
     "mlp": "expkit.models.mlp",
     "cnn": "expkit.models.cnn", "sklearn": "expkit.models.sklearn",
+    "resnet18": "expkit.models.resnet18", "xgboost": "expkit.models.xgboost", "sklearn_probe": "expkit.models.sklearn_probe",
 }
 
 

@@ -1,0 +1,67 @@
+"""Frozen-backbone features, computed once and cached (keyed by weights, data and transform).
+
+The linear probe's lr sweep and model=sklearn_probe read the same cache: after the first job
+the backbone never runs again for the same images and weights.
+"""
+import logging
+
+import numpy as np
+
+from expkit.cache import atomic_write, cache_dir, key
+
+log = logging.getLogger(__name__)
+BATCH = 64
+
+
+def _content_key(splits, part, split):
+    keys = splits.extras.get("content_keys") or {}
+    if part in keys:
+        return keys[part]  # the decode cache's key: files + sizes + mtimes + transform
+    import hashlib
+
+    x = split.x.numpy() if hasattr(split.x, "numpy") else np.asarray(split.x)
+    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
+
+
+def extract(net, x, prepare, device):
+    """Backbone outputs for a uint8 image tensor, in eval mode, batch by batch."""
+    import torch
+
+    net.eval().to(device)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), BATCH):
+            xb = x[i:i + BATCH].to(device, non_blocking=True)
+            out.append(net(prepare(xb) if prepare else xb).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def features(net, weights_key, splits):
+    """{part: float32 (N, d)} for each split, from the cache when the same weights saw the same data."""
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out = {}
+    for part, split in splits.items():
+        k = key("features", weights_key, _content_key(splits, part, split), str(splits.extras.get("transform")))
+        path = cache_dir("features") / f"{k}.npy"
+        if path.exists():
+            out[part] = np.load(path)
+            log.info("feature cache hit: %s %s from %s", part, out[part].shape, path)
+            continue
+        log.info("computing frozen features for %s (%d images) -> %s", part, len(split), path)
+        f = extract(net, torch.as_tensor(split.x), splits.prepare, device).astype(np.float32)
+        atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), f))
+        out[part] = f
+    net.to("cpu")
+    return out
+
+
+def use_features(net, weights_key, splits):
+    """Swap the splits' images for their frozen features (ids and labels stay)."""
+    import torch
+
+    for part, f in features(net, weights_key, splits).items():
+        getattr(splits, part).x = torch.from_numpy(f)
+    splits.prepare = splits.augment = None
+    splits.description += "; inputs: frozen ResNet18 features (cached)"
