@@ -160,6 +160,8 @@ def grad_norms(df, paths, out, name="grad_norms.png"):
 PLOTS = {"epochs": epochs, "losses": losses, "steps": steps, "vs_param": vs_param, "best_worst": best_worst,
          "boundaries": boundaries, "grad_norms": grad_norms}
 PLOTS.update(__import__("expkit.report.study_plots", fromlist=["STUDY_PLOTS"]).STUDY_PLOTS)  # hw6/pset10 kinds
+from expkit.report.images import image_grid, ranking  # noqa: E402  (ex4 deepfake kinds)
+PLOTS.update(ranking=ranking, image_grid=image_grid)
 
 
 def draw(spec, df, paths, out):

@@ -4,7 +4,7 @@ Paired axes: a `params` key naming several config keys, comma-separated, takes a
 value tuples that vary together (not a Cartesian product):
     hydra.sweeper.params:
       model.depth,model.width: "[1,16],[2,16],[6,16]"     -> 3 jobs
-Every other key is crossed as usual. Jobs that fail do not stop the sweep; when it ends the
+A null in a tuple leaves that key unset for that job. Every other key is crossed as usual. Jobs that fail do not stop the sweep; when it ends the
 sweep dir holds results.csv/results.md and the preset's plots, and the exit code is 1 if
 any job failed.
 """
@@ -43,7 +43,8 @@ def paired_jobs(params: Dict[str, str], parser) -> List[List[List[str]]]:
         for tup in tuples:
             if not isinstance(tup, (list, tuple)) or len(tup) != len(names):
                 raise ValueError(f"paired sweep {keys}: each value must be a list of {len(names)}, got {tup}")
-            axis.append([f"{k}={Override._get_value_element_as_str(v)}" for k, v in zip(names, tup)])
+            # null leaves that key at its default for this job (e.g. no lr for an estimator)
+            axis.append([f"{k}={Override._get_value_element_as_str(v)}" for k, v in zip(names, tup) if v is not None])
         axes.append(axis)
     return axes
 
