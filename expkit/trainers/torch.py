@@ -90,7 +90,9 @@ def fit(model, splits, cfg, run_dir: Path, device, seed) -> History:
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(cfg.optim, params, device)
-    step_model = torch.compile(model) if t_cfg.compile else model
+    # dynamic batch dim from the first call: the short last batch and the eval batches reuse one
+    # graph per grad mode (all compiles happen in epoch 1; tests/test_compile.py counts them)
+    step_model = torch.compile(model, dynamic=True) if t_cfg.compile else model
     data = {part: to_device(s, device) for part, s in splits.items()}
     (x_train, y_train), prepare, augment = data["train"], splits.prepare, splits.augment
     grad_layers = [model.linears[i] for i in t_cfg.grad_layers] if t_cfg.grad_layers else []
