@@ -55,7 +55,7 @@ def transform_for(conf, model_conf) -> Transform:
     if conf.crop is not None:
         t = replace(t, crop=conf.crop)
     require(t.resize >= 1 and (t.crop is None or 1 <= t.crop <= t.resize),
-            f"data.resize must be >= 1 and data.crop between 1 and resize, got resize {t.resize}, crop {t.crop}")
+            f"data.crop must be between 1 and the resize size, got resize {t.resize}, crop {t.crop}; make data.crop <= data.resize")
     return t
 
 
