@@ -59,20 +59,34 @@ class Group:
 
     def __init__(self, models):
         m0 = models[0]
-        self.trainable = [n for n, _ in m0.named_parameters()]
+        self.trainable = [(n, p.shape) for n, p in m0.named_parameters()]
         self.S = {k: torch.stack([m.state_dict()[k] for m in models]).detach() for k in m0.state_dict()}
-        for k in self.trainable:
-            self.S[k].requires_grad_(True)
+        self._bind(torch.cat([self.S[k].reshape(len(models), -1) for k, _ in self.trainable], 1))
         self.encode = m0.encode  # fixed (data statistics or constants): the same for every member
         self.blocks = [(isinstance(b.norm, torch.nn.BatchNorm1d), b.act, b.residual) for b in m0.blocks]
 
+    def _bind(self, flat):
+        """All trainable weights live in one [M, P] tensor (the optimizer updates it with a few
+        ops instead of a few per parameter); each parameter is a leaf view into it."""
+        self.flat, off = flat, 0
+        for k, shape in self.trainable:
+            n = shape.numel()
+            self.S[k] = flat[:, off:off + n].view(len(flat), *shape).detach().requires_grad_(True)
+            off += n
+
     def params(self):
-        return [self.S[k] for k in self.trainable]
+        return [self.S[k] for k, _ in self.trainable]
+
+    def flat_grad(self):
+        return torch.cat([p.grad.reshape(len(self.flat), -1) for p in self.params()], 1)
 
     def keep(self, idx):
         """Drop members not in idx (a LongTensor of positions)."""
+        names = {k for k, _ in self.trainable}
         for k, v in self.S.items():
-            self.S[k] = v.detach()[idx].requires_grad_(k in self.trainable)
+            if k not in names:
+                self.S[k] = v[idx]
+        self._bind(self.flat[idx])
 
     def forward(self, h, train):
         """h: [M, B, F] per-member batches, or [B, F] shared by all members -> logits [M, B, C]."""
@@ -105,49 +119,34 @@ class Group:
 
 
 class Optimizer:
-    """torch's Adam (L2 weight decay) / SGD (momentum, no dampening) on stacked params, with a
-    per-member lr, weight_decay and momentum broadcast over each parameter's member dim."""
+    """torch's Adam (L2 weight decay) / SGD (momentum, no dampening) on the group's [M, P] flat
+    weights, with per-member lr, weight_decay and momentum ([M, 1] columns)."""
 
-    def __init__(self, name, params, lr, wd, momentum):
+    def __init__(self, name, flat, lr, wd, momentum):
         self.name, self.t = name, 0
-        self.lr = np.asarray(lr, np.float64)
-        self.wd = torch.tensor(wd, dtype=torch.float32)
-        self.momentum = torch.tensor(momentum, dtype=torch.float32)
-        self.state = [[torch.zeros_like(p) for p in params] for _ in range(2 if name == "adam" else 1)]
-
-    @staticmethod
-    def _b(vec, p):
-        return vec.to(p.device).view(-1, *[1] * (p.dim() - 1))
+        self.hyper = torch.tensor([lr, wd, momentum], dtype=torch.float32, device=flat.device).T.unsqueeze(-1)
+        self.state = [torch.zeros_like(flat) for _ in range(2 if name == "adam" else 1)]
+        self.any_wd, self.any_mom = bool(self.hyper[:, 1].any()), bool(self.hyper[:, 2].any())
 
     def keep(self, idx):
-        self.lr, self.wd, self.momentum = self.lr[idx.numpy()], self.wd[idx], self.momentum[idx]
-        self.state = [[s[idx] for s in states] for states in self.state]
+        self.hyper, self.state = self.hyper[idx], [s[idx] for s in self.state]
 
     @torch.no_grad()
-    def step(self, params):
+    def step(self, flat, grad):
         self.t += 1
-        grads = [p.grad for p in params]
-        if self.wd.any():
-            grads = [g + p * self._b(self.wd, p) for g, p in zip(grads, params)]
+        lr, wd, mom = self.hyper.unbind(1)  # each [M, 1]
+        if self.any_wd:
+            grad = grad + flat * wd
         if self.name == "sgd":
-            bufs = self.state[0]
-            if self.momentum.any():
-                for b, g, p in zip(bufs, grads, params):
-                    b.mul_(self._b(self.momentum, p)).add_(g)  # zeros at t=1: torch's buf = grad
-                grads = bufs
-            lr = torch.tensor(-self.lr, dtype=torch.float32)
-            torch._foreach_add_(params, [g * self._b(lr, p) for g, p in zip(grads, params)])
+            if self.any_mom:  # buf starts at 0, so step 1 gives torch's buf = grad
+                grad = self.state[0].mul_(mom).add_(grad)
+            flat.sub_(grad * lr)
             return
         (b1, b2), (m, v) = BETAS, self.state
-        torch._foreach_lerp_(m, grads, 1 - b1)
-        torch._foreach_mul_(v, b2)
-        torch._foreach_addcmul_(v, grads, grads, 1 - b2)
-        step = torch.tensor(-self.lr / (1 - b1 ** self.t), dtype=torch.float32)  # float64 like torch's
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, math.sqrt(1 - b2 ** self.t))
-        torch._foreach_add_(denom, EPS)
-        upd = torch._foreach_div(m, denom)
-        torch._foreach_add_(params, [u * self._b(step, p) for u, p in zip(upd, params)])
+        m.lerp_(grad, 1 - b1)
+        v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        denom = (v.sqrt() / math.sqrt(1 - b2 ** self.t)).add_(EPS)
+        flat.addcdiv_(m * lr, denom, value=-1 / (1 - b1 ** self.t))
 
 
 def _loss_hits(out, y):
@@ -196,7 +195,7 @@ def fit(models, splits, cfgs, device):
         data = {p: (group.encode(torch.as_tensor(s.x).to(device)), torch.as_tensor(s.y).to(device))
                 for p, s in splits.items()}
     x_train, y_train = data["train"]
-    opt = Optimizer(o_name, group.params(), [c.optim.lr for c in cfgs], [c.optim.weight_decay for c in cfgs],
+    opt = Optimizer(o_name, group.flat, [c.optim.lr for c in cfgs], [c.optim.weight_decay for c in cfgs],
                     [c.optim.momentum for c in cfgs])
     shuffles = [torch.Generator().manual_seed(c.seed) for c in cfgs]
     layers = list(t_cfg.grad_layers)
@@ -237,7 +236,7 @@ def fit(models, splits, cfgs, device):
                 S = group.S
                 grad_sq += torch.stack([S[p + "weight"].grad.pow(2).sum((1, 2)) + S[p + "bias"].grad.pow(2).sum(1)
                                         for p in lin])
-            opt.step(params)
+            opt.step(group.flat, group.flat_grad())
             loss = loss.detach()
             loss_sum += loss * idx.shape[1]
             hits += h
@@ -277,7 +276,7 @@ def fit(models, splits, cfgs, device):
             stay = [k for k, i in enumerate(active) if i not in leaving]
             idx = torch.tensor(stay, dtype=torch.long)
             group.keep(idx.to(device))
-            opt.keep(idx)
+            opt.keep(idx.to(device))
             active = [active[k] for k in stay]
         if not active:
             break
