@@ -45,6 +45,14 @@ class ReportConf:
     plots: List[Any] = field(default_factory=list)
 
 
+@dataclass
+class LoggerConf:
+    name: str = "csv"                   # csv (always written) | tensorboard | mlflow (expkit/loggers.py)
+    dir: Optional[str] = None           # tensorboard: default <run dir>/tensorboard
+    tracking_uri: Optional[str] = None  # mlflow: default sqlite:///outputs/mlflow.db
+    experiment: Optional[str] = None    # mlflow experiment: default `name`
+
+
 TOP_LEVEL = {"data", "model", "optim", "trainer", "report", "seed", "name", "logger"}
 
 
@@ -71,8 +79,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     out.optim = _check("optim", OptimConf, cfg.optim)
     out.trainer = _check("trainer", TrainerConf, cfg.trainer)
     out.report = _check("report", ReportConf, cfg.get("report", {}))
-    if "logger" in cfg:
-        out.logger = cfg.logger
+    out.logger = _check("logger", LoggerConf, cfg.get("logger", {}))
+    require(out.logger.name in ("csv", "tensorboard", "mlflow"),
+            f"logger.name must be csv, tensorboard or mlflow, got {out.logger.name!r} (logger=csv|tensorboard|mlflow)")
     o, t = out.optim, out.trainer
     require(o.name in ("adam", "sgd"), f"optim.name must be adam or sgd, got {o.name!r}")
     require(o.lr > 0, f"optim.lr must be > 0, got {o.lr} (e.g. optim.lr=0.001)")

@@ -73,13 +73,14 @@ def run(cfg, run_dir: Path, overrides=()):
     import numpy as np
     import torch
 
-    from expkit import data as datasets, models
+    from expkit import data as datasets, loggers, models
     from expkit.report import outputs
 
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.trainer.device)
     torch.set_num_threads(pick_threads(cfg.trainer.threads))
+    loggers.check(cfg.logger)  # a missing logger package fails now, not after training
 
     splits = datasets.load(cfg.data, cfg.model)  # a model may ask for its own input transform
     log.info("data: %s (train %d, val %d, test %d, %d classes)", splits.description,
@@ -99,6 +100,7 @@ def run(cfg, run_dir: Path, overrides=()):
     outputs.save(run_dir, cfg, history, model, splits, summary)
     _write_json(run_dir / SUMMARY, summary)  # last: marks the run finished
     (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    loggers.log_run(cfg, run_dir, history.rows, summary)  # tensorboard/mlflow: replays the saved rows
     log.info("%s: test acc %.4f, val acc %.4f, %.1fs on %s -> %s", summary["status"], summary["final"]["test_acc"],
              summary["final"]["val_acc"], wall, device, run_dir)
     return summary
