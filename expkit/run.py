@@ -59,7 +59,16 @@ def run_job(cfg):
         write_table(run_dir.parent)  # keep the sweep table current after every job
     elif cfg.get("report") and cfg.report.get("plots"):
         build_report(run_dir)  # a single-run preset's own plots
-    return summary.get("status")
+    return sweeper_value(hc, summary)
+
+
+def sweeper_value(hc, summary):
+    """What the job returns to the sweeper: its status; to an optimizing sweeper (optuna) the best
+    validation accuracy (NaN when diverged), while a failed job's status string fails the trial."""
+    status = summary.get("status")
+    if "optuna" not in str(hc.sweeper.get("_target_", "")).lower() or status not in ("completed", "diverged"):
+        return status
+    return float(summary["best"]["val_acc"]) if status == "completed" else float("nan")
 
 
 def run(cfg, run_dir: Path, overrides=()):
