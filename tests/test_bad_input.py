@@ -22,6 +22,22 @@ def _not_writable(root):
     return [f"data.root={root}", f"hydra.run.dir={root.parent / 'a_file' / 'run'}"]
 
 
+def _images(root, corrupt=False):
+    """A tiny ImageFolder tree (data=deepfake), optionally with one file that is not an image."""
+    import numpy as np
+    from PIL import Image
+
+    img = root.parent / "img"
+    for part in ("train", "val", "test"):
+        for cls in ("0_real", "1_fake"):
+            (img / part / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(np.full((16, 16, 3), 40 + 100 * i, np.uint8)).save(img / part / cls / f"{i}.png")
+    if corrupt:
+        (img / "train" / "1_fake" / "1.png").write_bytes(b"not a png")
+    return ["data=deepfake", f"data.root={img}", "data.resize=16", "data.crop=16"]
+
+
 CASES = {  # name: (make(root) -> extra args, words the error line must contain)
     "missing column": (_edit("train", lambda t: t.replace("lat", "latitude", 1)), "lacks column"),
     "renamed columns": (_edit("validation", lambda t: t.replace(",long,lat,country", ",x,y,label", 1)), "lacks column"),
@@ -41,11 +57,15 @@ CASES = {  # name: (make(root) -> extra args, words the error line must contain)
                                "BatchNorm"),
     "cuda without gpu": (lambda root: [f"data.root={root}", "trainer.device=cuda"], "no CUDA device"),
     "output dir not writable": (_not_writable, "writable directory"),
+    "unreadable image": (lambda root: _images(root, corrupt=True) + ["model=xgboost"], "cannot read image"),
+    "pretrained weights missing offline": (lambda root: _images(root) + ["model=resnet18", "model.mode=linear_probe"],
+                                           "pretrained ResNet18 weights not found"),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_gives_one_clear_line(tmp_path, case):
+def test_bad_input_gives_one_clear_line(tmp_path, monkeypatch, case):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))  # no cached pretrained weights
     make, words = CASES[case]
     if case == "cuda without gpu":
         pytest.importorskip("torch").cuda.is_available() and pytest.skip("this machine has a GPU")
