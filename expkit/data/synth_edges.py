@@ -1,5 +1,5 @@
-"""Synthetic edges: 28x28 grey images of a horizontal (class 0) or vertical (class 1) edge at a
-random position; what differs within a class is only where the edge is.
+"""Synthetic edges: 28x28 grey images of a horizontal (class 0) or vertical (class 1) edge (a short
+bright line) at a random position; what differs within a class is where the edge is, and its length.
 
 Real data: the course pickle (a dict with `trainX`, N x 28 x 28, and `trainY`) at data.root
 (the file, or a folder holding synth_data / synth_data.pkl). Default: a built-in generator.
@@ -28,18 +28,17 @@ class Conf:
 
 
 def generate(n, noise=0.1, seed=0, size=28):
-    """Edges as a step: one side of a random row (class 0) or column (class 1) is bright,
-    within a random window, plus Gaussian noise. Returns float32 N x size x size, int64 labels."""
+    """A bright line segment 2 pixels thick and 8..16 long, horizontal (class 0) or vertical
+    (class 1), anywhere in the image, plus Gaussian noise. Returns float32 N x size x size, int64."""
     rng = np.random.default_rng(seed)
     y = np.arange(n) % 2
-    pos = rng.integers(4, size - 4, n)                  # where the edge is
-    lo = rng.integers(0, size // 2, n)                  # the window the edge spans
-    hi = lo + rng.integers(size // 3, size // 2 + 1, n)
-    flip = rng.random(n) < 0.5                          # which side is bright
+    length = rng.integers(8, 17, n)
+    r0 = rng.integers(0, size - 1, n)               # the row of a horizontal segment
+    c0 = (rng.random(n) * (size - length + 1)).astype(int)  # where it starts along the row
     r = np.arange(size)
-    across = (r[None, :] >= pos[:, None]) ^ flip[:, None]        # n x size: bright side of the edge
-    along = (r[None, :] >= lo[:, None]) & (r[None, :] < hi[:, None])
-    img = across[:, :, None] & along[:, None, :]                  # horizontal edge: varies down the rows
+    rows = (r[None, :] >= r0[:, None]) & (r[None, :] < r0[:, None] + 2)
+    cols = (r[None, :] >= c0[:, None]) & (r[None, :] < (c0 + length)[:, None])
+    img = rows[:, :, None] & cols[:, None, :]       # horizontal; transposed for class 1
     img = np.where(y[:, None, None] == 1, img.transpose(0, 2, 1), img).astype(np.float32)
     img += rng.normal(0, noise, img.shape).astype(np.float32)
     order = rng.permutation(n)
