@@ -95,6 +95,8 @@ def run(cfg, run_dir: Path, overrides=()):
     log.info("data: %s (train %d, val %d, test %d, %d classes)", splits.description,
              len(splits.train), len(splits.val), len(splits.test), splits.n_classes)
     kind, model = models.build(cfg.model, splits)
+    if kind == "torch":
+        import torch._dynamo  # noqa: F401  (the first optimizer imports it, seconds: keep it out of the timed fit)
     t0 = time.time()
     if kind == "torch":
         from expkit.trainers import torch as trainer
