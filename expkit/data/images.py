@@ -40,7 +40,7 @@ def list_folder(root: Path, split: str, classes):
     for label, c in enumerate(classes):
         cd = d / c
         require(cd.is_dir(), f"missing class folder {cd}; each split needs the folders {', '.join(classes)}")
-        found = sorted(p for p in cd.iterdir() if p.suffix.lower() in EXTENSIONS and not p.name.startswith("."))
+        found = sorted(p for p in cd.rglob("*") if p.suffix.lower() in EXTENSIONS and not p.name.startswith("."))  # as ImageFolder: nested too
         require(found, f"class folder {cd} holds no images ({', '.join(sorted(EXTENSIONS))})")
         files += found
         labels += [label] * len(found)
