@@ -58,7 +58,7 @@ def test_mnist_default_is_sklearn_digits_and_caps_sizes_it_cannot_hold(caplog):
     assert s.input_shape == (1, 8, 8) and "EMBEDDED DEFAULT" in s.description
     assert np.bincount(s.train.y).tolist() == [50] * 10 and len(s.test) == 297
     big = data("data=mnist", "data.train_size=2000")
-    assert len(big.train) == 1500 and "capped" not in big.description and "1500" in big.description
+    assert len(big.train) == 1500 and "1500 training images" in big.description
     assert "more than the data holds" in caplog.text
 
 
