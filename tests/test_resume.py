@@ -5,8 +5,10 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 
 from conftest import ROOT, run_cli, write_countries
@@ -106,3 +108,43 @@ def test_sweep_records_failed_and_diverged_jobs_then_rerun_skips_finished(tmp_pa
     assert set(table.status) == {"completed", "diverged"}
     for j, mtime in done.items():  # finished jobs were skipped, not re-trained
         assert (sweep / str(j) / "summary.json").stat().st_mtime_ns == mtime
+
+
+def _children(pid, marker):
+    """PIDs of the live processes whose parent is pid and whose command line holds marker."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and marker in cmd:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_killed_parallel_worker_is_a_failed_row_and_the_rerun_resumes(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install -e '.[launchers]'")
+    data = write_countries(tmp_path / "d", n=8000)
+    sweep = tmp_path / "sweep"
+    args = ["train.py", "-m", f"data.root={data}", *SLOW, "optim.lr=0.01,0.02", "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 150
+    while min(_ckpt_epoch(sweep / j / "checkpoint.pt") for j in "01") < 1 and proc.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.05)
+    workers = _children(proc.pid, "popen_loky_posix")
+    assert workers and proc.poll() is None, "both jobs must be mid-training"
+    os.kill(workers[0], signal.SIGKILL)  # what the OOM killer does to a worker
+    assert proc.wait(timeout=120) == 1  # the sweep ends, saying something failed
+    table = pd.read_csv(sweep / "results.csv")
+    lost = table[table.status == "failed"]
+    assert len(table) == 2 and len(lost) >= 1 and lost.error.str.contains("launcher lost this job").all()
+
+    r = run_cli(*args[1:])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert set(pd.read_csv(sweep / "results.csv").status) == {"completed"}
+    resumed = [j for j in lost.job.astype(str) if "resumed from" in (sweep / j / "train.log").read_text()]
+    assert resumed  # a lost job goes on from its checkpoint

@@ -49,6 +49,20 @@ def paired_jobs(params: Dict[str, str], parser) -> List[List[List[str]]]:
     return axes
 
 
+def record_lost_jobs(sweep_dir: Path, batch, first_idx, ex):
+    """Jobs of a batch that the launcher lost without a summary: failed rows saying why (the sweep
+    exits 1); re-running the sweep re-runs them, resuming from their checkpoints."""
+    from expkit.run import SUMMARY, _write_json
+
+    msg = f"launcher lost this job: {type(ex).__name__}: {(str(ex).splitlines() or [''])[0][:200]}"
+    log.error("%s (jobs %d-%d)", msg, first_idx, first_idx + len(batch) - 1)
+    for num, overrides in enumerate(batch, first_idx):
+        job_dir = sweep_dir / str(num)  # hydra.sweep.subdir is ${hydra.job.num} (conf/hydra/default.yaml)
+        if not (job_dir / SUMMARY).exists():
+            job_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(job_dir / SUMMARY, {"status": "failed", "error": msg, "overrides": list(overrides)})
+
+
 class ExpkitSweeper(BasicSweeper):
     def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None):
         params = dict(params or {})
@@ -76,7 +90,10 @@ class ExpkitSweeper(BasicSweeper):
             while not self.is_done():
                 batch = self.get_job_batch()
                 self.validate_batch_is_legal(batch)
-                returns.append(self.launcher.launch(batch, initial_job_idx=idx))
+                try:
+                    returns.append(self.launcher.launch(batch, initial_job_idx=idx))
+                except Exception as ex:  # the launcher itself died (e.g. a killed worker): record, go on
+                    record_lost_jobs(sweep_dir, batch, idx, ex)
                 idx += len(batch)
         finally:
             table = build_report(sweep_dir)
