@@ -15,6 +15,8 @@ def exit_code():
 def _one_line(ex):
     lines = [ln.strip() for ln in str(ex).splitlines() if ln.strip()]
     msg = lines[0] if lines else type(ex).__name__
+    if msg.endswith(":") and len(lines) > 1:  # "… raised while composing config:" — the cause is next
+        msg += " " + lines[1]
     # Hydra lists the valid choices on later lines: keep them, on the same line.
     opts = []
     for ln in lines[1:]:
