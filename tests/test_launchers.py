@@ -53,7 +53,34 @@ def test_slurm_preset_sets_the_cluster_knobs_and_the_job_threads():
     assert la._target_.endswith("SlurmLauncher")
     assert la.partition and la.gpus_per_node == 1 and la.timeout_min > 0 and la.array_parallelism >= 1
     HydraConfig.instance().set_config(cfg)
-    assert pick_threads(None) == 3 and pick_threads(5) == 5
+    try:
+        assert pick_threads(None) == 3 and pick_threads(5) == 5
+    finally:
+        HydraConfig.instance().cfg = None  # process-global: leave no launcher behind for other tests
+
+
+def test_slurm_preset_makes_a_valid_sbatch_script(tmp_path, monkeypatch):
+    """What Hydra's SlurmLauncher hands to submitit, rendered as the sbatch script (no cluster here:
+    a stub `srun` lets submitit's executor be built; sbatch itself is never called)."""
+    submitit = pytest.importorskip("submitit", reason="pip install -e '.[launchers]'")
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+
+    (tmp_path / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", ["hydra/launcher=slurm", "hydra.launcher.partition=a100"], return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    for k in ("_target_", "submitit_folder"):
+        params.pop(k)
+    ex = submitit.AutoExecutor(cluster="slurm", folder=tmp_path / "sub", slurm_max_num_timeout=params.pop("max_num_timeout"))
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    params["name"] = "train"  # as the launcher does, the rest prefixed like it (submitit rejects unknown keys)
+    ex.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    script = ex._executor._make_submission_file_text("python train.py", "uid")
+    for line in ("--partition=a100", "--gpus-per-node=1", "--cpus-per-task=8", "--time=240", "--mem=32GB"):
+        assert f"#SBATCH {line}" in script, line
 
 
 def test_missing_launcher_names_the_extra_to_install():
