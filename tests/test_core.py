@@ -102,7 +102,7 @@ def test_cli_run_and_help(countries_root, tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "cli" / "summary.json").exists()
     h = run_cli("--help")
-    assert h.returncode == 0 and "data: countries" in h.stdout
+    assert h.returncode == 0 and "countries" in h.stdout and "experiment/ex4: " in h.stdout
 
 
 GROUPS = ["data", "model", "optim", "trainer", "sweep", "report"]

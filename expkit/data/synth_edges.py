@@ -25,6 +25,7 @@ class Conf:
     root: Optional[str] = None
     n: int = 10000   # generated images (half per class); the course set has 10,000
     noise: float = 0.1
+    scale: float = 255.0  # generated pixel range 0..scale: the course images are raw 0..255 intensities
 
 
 def generate(n, noise=0.1, seed=0, size=28):
@@ -52,6 +53,7 @@ def load(conf) -> Splits:
     else:
         require(conf.n >= 20, f"data.n must be >= 20, got {conf.n}")
         x, y = generate(conf.n, conf.noise)
+        x = x * conf.scale
         desc = (f"synth_edges: EMBEDDED DEFAULT (built-in generator: {conf.n} 28x28 images of horizontal vs "
                 "vertical edges at random positions), not the course pickle; set data.root for that")
     x = x.reshape(len(x), 1, *x.shape[-2:])
