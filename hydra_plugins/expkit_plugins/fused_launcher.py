@@ -184,14 +184,16 @@ def _train_group(group, splits, dirs):
     from expkit import models
     from expkit.errors import UserError
     from expkit.report import outputs
-    from expkit.run import SUMMARY, _write_json, pick_device, pick_threads
+    from expkit.run import SUMMARY, _write_json, pick_device
     from expkit.trainers import fused
 
     cfgs = [j.cfg for j in group]
     t0 = time.time()
     try:
         device = pick_device(cfgs[0].trainer.device)
-        torch.set_num_threads(pick_threads(cfgs[0].trainer.threads))
+        # 1 thread unless asked: the group's small batched matmuls gain nothing from more, and on a
+        # busy 2-core machine 2 threads made a fused ex4/lr epoch over 100x slower (README, Speed)
+        torch.set_num_threads(cfgs[0].trainer.threads or 1)
         built = []
         for c in cfgs:  # each member initialised exactly as its own run would be
             torch.manual_seed(c.seed)
