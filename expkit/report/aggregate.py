@@ -76,7 +76,7 @@ def collect(roots):
     if df.empty:
         return df
     swept = [c for c in df.columns if c.startswith("@")]
-    varying = [c for c in swept if df[c].astype(str).nunique() > 1] if len(df) > 1 else swept
+    varying = [c for c in swept if df[c].astype(str).nunique() > 1]  # one job: nothing was swept
     df = df.drop(columns=[c for c in swept if c not in varying])
     df = df.rename(columns={c: c[1:] for c in varying})
     lead = (["sweep"] if "sweep" in df else []) + ["job"] + [c[1:] for c in varying]

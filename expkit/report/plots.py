@@ -44,7 +44,7 @@ def boundary(npz_path, out_path, title=""):
 # ---- sweep plots: named in a preset's report.plots as {kind: NAME, ...options} ----
 
 def _label(row, keys):
-    return ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in keys) or row["job"]
+    return ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in keys) or str(row["job"])
 
 
 def _ok(df, paths):
@@ -79,7 +79,8 @@ def steps(df, paths, out, logx=True, name="train_loss_vs_step.png"):
         line, = ax.plot(s.step, s.train_loss, alpha=0.25, lw=0.6)
         ax.plot(s.step, s.train_loss.rolling(max(1, len(s) // 100), min_periods=1).mean(),
                 color=line.get_color(), label=label)
-    ax.set(xlabel="step", ylabel="train loss", xscale="log" if logx else "linear")
+    # log y: single-sample steps spike 100x above the running mean, which would flatten the rest
+    ax.set(xlabel="step", ylabel="train loss", xscale="log" if logx else "linear", yscale="log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     savefig(fig, out / name)
@@ -150,7 +151,9 @@ def grad_norms(df, paths, out, name="grad_norms.png"):
     for ax, (row, p, label) in zip(axes[0], jobs):
         m = pd.read_csv(p / "metrics.csv")
         for c in [c for c in m.columns if c.startswith("grad_sq_layer")]:
-            ax.plot(m.epoch, m[c], marker="o", label=f"layer {c.removeprefix('grad_sq_layer')}")
+            zero = (m[c] == 0).sum()  # exactly 0 cannot be drawn on a log axis: say so in the legend
+            note = f" (0 in {zero}/{len(m)} epochs)" if zero else ""
+            ax.plot(m.epoch, m[c], marker="o", label=f"layer {c.removeprefix('grad_sq_layer')}{note}")
         ax.set(xlabel="epoch", ylabel="mean ||grad||^2", yscale="log", title=label)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
