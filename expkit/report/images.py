@@ -60,10 +60,12 @@ def ranking(df, paths, out, per_baseline=2):
 
     text = "# Ranking by test accuracy\n\n" + to_markdown(table.astype(object).where(table.notna(), ""))
     missing = [j for j in jobs if j["status"] not in ("completed",)]
-    if missing:
-        text += "\n## Not run\n\n" + "".join(
-            f"- job {j['job']} ({j['baseline']}{', lr ' + str(j['lr']) if j['lr'] else ''}): "
-            f"{j['status']}: {j['error']}\n" for j in missing)
+    if missing:  # one line per distinct reason
+        reasons = {}
+        for j in missing:
+            reasons.setdefault((j["status"], j["error"]), []).append(f"{j['job']} ({j['baseline']})")
+        text += "\n## Not run\n\n" + "".join(f"- {status}: jobs {', '.join(jobs)}: {error}\n"
+                                              for (status, error), jobs in reasons.items())
     atomic_write(out / "ranking.md", lambda tmp: tmp.write_text(text))
 
 
