@@ -30,6 +30,25 @@ def make_optimizer(conf, params, device):
     return torch.optim.Adam(params, lr=conf.lr, weight_decay=conf.weight_decay, **fast)
 
 
+def flatten(params):
+    """Make the parameters views of one flat Parameter, and their grads views of its grad.
+
+    The optimizer then updates one tensor with one fused kernel instead of a Python loop over
+    parameter lists: a 6x16 MLP step is ~15% faster here, with bitwise the same numbers.
+    Backward accumulates into the existing grad views in place, so the link holds as long as
+    grads are zeroed (not set to None). Returns None when parameters differ in dtype or device.
+    """
+    if not params or len({(p.dtype, p.device) for p in params}) > 1:
+        return None
+    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    flat.grad = torch.zeros_like(flat)
+    sizes = [p.numel() for p in params]
+    for p, value, grad in zip(params, flat.data.split(sizes), flat.grad.split(sizes)):
+        p.data = value.view_as(p)
+        p.grad = grad.view_as(p)
+    return flat
+
+
 def loss_and_hits(logits, y):
     """Cross-entropy for K outputs, BCE-with-logits for one output; returns (mean loss, #correct)."""
     if logits.shape[-1] == 1:
@@ -89,7 +108,9 @@ def fit(model, splits, cfg, run_dir: Path, device, seed) -> History:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(cfg.optim, params, device)
+    flat = None if t_cfg.compile else flatten(params)  # (compiled graphs keep their own parameters)
+    opt = make_optimizer(cfg.optim, [flat] if flat is not None else params, device)
+    zero_grad = flat.grad.zero_ if flat is not None else (lambda: opt.zero_grad(set_to_none=True))
     # dynamic batch dim from the first call: the short last batch and the eval batches reuse one
     # graph per grad mode (all compiles happen in epoch 1; tests/test_compile.py counts them)
     step_model = torch.compile(model, dynamic=True) if t_cfg.compile else model
@@ -126,15 +147,16 @@ def fit(model, splits, cfg, run_dir: Path, device, seed) -> History:
             with autocast():
                 out = step_model(xb)
             loss, h = loss_and_hits(out, yb)
-            opt.zero_grad(set_to_none=True)
+            zero_grad()
             loss.backward()
             if grad_layers:
                 grad_sq += torch.stack([sum(p.grad.pow(2).sum() for p in lin.parameters()) for lin in grad_layers])
             opt.step()
             loss = loss.detach()
-            loss_sum += loss * len(idx)
+            loss_sum.add_(loss, alpha=len(idx))
             hits += h
-            step_losses[i] = loss
+            if t_cfg.record_steps:
+                step_losses[i] = loss
             bar.update(i)
         train_loss, train_acc = loss_sum.item() / n_used, hits.item() / n_used
         row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc}
