@@ -25,25 +25,9 @@ LRS = [1, 0.01, 0.001, 0.00001]  # ex4/lr
 
 
 def p1(countries, epochs):
-    import torch
-    from omegaconf import OmegaConf
-
     import bench_mlp
-    from expkit.data import load
-    from expkit.models import build
 
-    splits = load(OmegaConf.create({"name": "countries", "root": str(countries)}))
-    mconf = OmegaConf.create({"name": "mlp", "depth": 6, "width": 16, "hidden": None, "batchnorm": True,
-                              "activation": "relu", "residual": False, "encoding": "raw", "standardize": True})
-    out = {}
-    for name in ("course", "expkit"):
-        torch.manual_seed(42)
-        model = build(mconf, splits)[1]
-        with tempfile.TemporaryDirectory() as tmp:
-            out[name] = (bench_mlp.course_run(model, splits, epochs) if name == "course"
-                         else bench_mlp.expkit_run(model, splits, epochs, tmp))
-        print(f"   {name:>6}: {out[name][0]:.3f} s/epoch, test acc {out[name][2]:.4f}")
-    ratio, gap = out["course"][0] / out["expkit"][0], abs(out["course"][2] - out["expkit"][2]) * 100
+    _, ratio, gap = bench_mlp.compare(countries, epochs)
     return f"P1 {ratio:.1f}x faster per epoch than the course loop, test acc gap {gap:.2f} points " \
            f"(target >= 5x, <= 1 point) [{epochs} epochs, 6x16+BN, batch 256]", ratio >= 5 and gap <= 1
 

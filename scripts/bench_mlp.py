@@ -69,6 +69,26 @@ def expkit_run(model, splits, epochs, tmp):
     return (time.perf_counter() - t0) / epochs, hist.rows[-1]["val_acc"], hist.rows[-1]["test_acc"]
 
 
+def compare(root, epochs):
+    """Both loops on the same model and init; returns {name: (s/epoch, val acc, test acc)}, ratio, gap."""
+    import tempfile
+
+    splits = load(OmegaConf.create({"name": "countries", "root": str(root)}))
+    mconf = OmegaConf.create({"name": "mlp", "depth": 6, "width": 16, "hidden": None, "batchnorm": True,
+                              "activation": "relu", "residual": False, "encoding": "raw", "standardize": True})
+    results = {}
+    for name in ("course", "expkit"):
+        torch.manual_seed(42)
+        model = build(mconf, splits)[1]
+        with tempfile.TemporaryDirectory() as tmp:
+            results[name] = course_run(model, splits, epochs) if name == "course" else \
+                expkit_run(model, splits, epochs, tmp)
+        print(f"{name:>7}: {results[name][0]:.3f} s/epoch  val acc {results[name][1]:.4f}  "
+              f"test acc {results[name][2]:.4f}")
+    ratio = results["course"][0] / results["expkit"][0]
+    return results, ratio, abs(results["course"][2] - results["expkit"][2]) * 100
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", type=Path, help="dir with the countries train/validation/test CSVs")
@@ -78,25 +98,9 @@ def main():
     if not (args.root / "train.csv").exists():
         sys.exit(f"error: no train.csv under {args.root}; pass the countries data dir")
     torch.set_num_threads(args.threads)
-    splits = load(OmegaConf.create({"name": "countries", "root": str(args.root)}))
-    mconf = OmegaConf.create({"name": "mlp", "depth": 6, "width": 16, "hidden": None, "batchnorm": True,
-                              "activation": "relu", "residual": False, "encoding": "raw", "standardize": True})
-    import tempfile
-
-    results = {}
-    for name in ("course", "expkit"):
-        torch.manual_seed(42)
-        model = build(mconf, splits)[1]
-        with tempfile.TemporaryDirectory() as tmp:
-            run = course_run(model, splits, args.epochs) if name == "course" else \
-                expkit_run(model, splits, args.epochs, tmp)
-        results[name] = run
-        print(f"{name:>7}: {run[0]:.3f} s/epoch  val acc {run[1]:.4f}  test acc {run[2]:.4f}")
-    ratio = results["course"][0] / results["expkit"][0]
-    gap = abs(results["course"][2] - results["expkit"][2]) * 100
+    _, ratio, gap = compare(args.root, args.epochs)
     print(f"P1 speed-up: {ratio:.1f}x per epoch (target >= 5x); test accuracy gap {gap:.2f} points "
           f"(target <= 1) | {args.epochs} epochs, {args.threads} thread(s), 6x16+BN, batch 256")
-    return results
 
 
 if __name__ == "__main__":
