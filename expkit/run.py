@@ -84,7 +84,6 @@ def run(cfg, run_dir: Path, overrides=()):
     import torch
 
     from expkit import data as datasets, loggers, models
-    from expkit.report import outputs
 
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -111,14 +110,25 @@ def run(cfg, run_dir: Path, overrides=()):
         history = trainer.fit(model, splits, cfg)
     wall = time.time() - t0
 
+    summary = finish(cfg, run_dir, history, model, splits, wall, device, overrides)
+    log.info("%s: test acc %.4f, val acc %.4f, %.1fs on %s -> %s", summary["status"], summary["final"]["test_acc"],
+             summary["final"]["val_acc"], wall, device, run_dir)
+    return summary
+
+
+def finish(cfg, run_dir, history, model, splits, wall, device, overrides):
+    """Write a trained run's files, summary.json last; the one path for plain and fused runs."""
+    import torch
+
+    from expkit import loggers
+    from expkit.report import outputs
+
     summary = outputs.summarize(cfg, history, model, splits, wall, device, overrides)
     summary["threads"] = torch.get_num_threads()
     outputs.save(run_dir, cfg, history, model, splits, summary)
     _write_json(run_dir / SUMMARY, summary)  # last: marks the run finished
     (run_dir / "checkpoint.pt").unlink(missing_ok=True)
     loggers.log_run(cfg, run_dir, history.rows, summary)  # tensorboard/mlflow: replays the saved rows
-    log.info("%s: test acc %.4f, val acc %.4f, %.1fs on %s -> %s", summary["status"], summary["final"]["test_acc"],
-             summary["final"]["val_acc"], wall, device, run_dir)
     return summary
 
 

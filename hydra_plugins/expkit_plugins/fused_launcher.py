@@ -183,8 +183,7 @@ def _train_group(group, splits, dirs):
 
     from expkit import models
     from expkit.errors import UserError
-    from expkit.report import outputs
-    from expkit.run import SUMMARY, _write_json, pick_device
+    from expkit.run import SUMMARY, _write_json, finish, pick_device
     from expkit.trainers import fused
 
     cfgs = [j.cfg for j in group]
@@ -212,15 +211,13 @@ def _train_group(group, splits, dirs):
     for j, model, hist in zip(group, built, hists):
         run_dir = dirs[j.num]
         hist.extras["fused_with"] = [m.num for m in group]  # trained in one group; wall time is the group's
-        try:
-            summary = outputs.summarize(j.cfg, hist, model, splits, wall, device, j.overrides)
-            summary["threads"] = torch.get_num_threads()  # as expkit.run.run records it
-            outputs.save(run_dir, j.cfg, hist, model, splits, summary)
+        try:  # the same files, loggers included, as a plain run (expkit.run.finish)
+            summary = finish(j.cfg, run_dir, hist, model, splits, wall, device, j.overrides)
         except Exception as ex:  # one member's files failing must not lose the others'
             log.exception("job #%d: saving failed", j.num)
             summary = {"status": "failed", "error": f"{type(ex).__name__}: {ex}", "overrides": j.overrides,
                        "wall_time_s": wall}
-        _write_json(run_dir / SUMMARY, summary)  # last: marks the run finished
+            _write_json(run_dir / SUMMARY, summary)
         statuses[j.num] = summary["status"]
         if summary["status"] != "failed":
                 log.info("#%d %s: test acc %.4f, val acc %.4f -> %s", j.num, summary["status"],
