@@ -36,6 +36,10 @@ def run_job(cfg):
     run_dir = Path(hc.runtime.output_dir)
     sweeping = hc.mode == RunMode.MULTIRUN
     overrides = list(hc.overrides.task)
+    grid = hc.sweeper.get("params") or {}
+    if not sweeping and grid:  # Hydra ignores a sweep without -m: say so instead of running one job quietly
+        log.warning("this config declares a sweep over %s, but this is ONE run with the default values; "
+                    "add -m to run the sweep (python train.py -m ...)", ", ".join(grid))
     t0 = time.time()
     try:
         summary = run(cfg, run_dir, overrides)

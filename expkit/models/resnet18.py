@@ -122,6 +122,9 @@ def _classifier_class():
 
 def build(conf, splits):
     _check_mode(conf)
+    shape = splits.input_shape
+    require(len(shape) == 3 and shape[0] == 3,
+            f"model=resnet18 needs RGB images (3 x H x W), got inputs of shape {shape}; use it with data=deepfake")
     net, digest = backbone(conf, pretrained=conf.mode != "scratch")
     model = _classifier_class()(net, frozen=conf.mode == "linear_probe")
     if conf.mode == "linear_probe" and conf.feature_cache:
