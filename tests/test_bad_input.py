@@ -55,6 +55,7 @@ CASES = {  # name: (make(root) -> extra args, words the error line must contain)
     "negative lr": (lambda root: [f"data.root={root}", "optim.lr=-0.1"], "optim.lr must be > 0"),
     "batch 1 with batchnorm": (lambda root: [f"data.root={root}", "trainer.batch_size=1", "model.batchnorm=true"],
                                "BatchNorm"),
+    "image model on tabular data": (lambda root: [f"data.root={root}", "model=resnet18"], "needs RGB images"),
     "cuda without gpu": (lambda root: [f"data.root={root}", "trainer.device=cuda"], "no CUDA device"),
     "output dir not writable": (_not_writable, "writable directory"),
     "unreadable image": (lambda root: _images(root, corrupt=True) + ["model=xgboost"], "cannot read image"),
