@@ -80,7 +80,7 @@ def save(run_dir, cfg, hist, model, splits, summary):
         _save_boundary(run_dir / "boundary.npz", model, splits)
     from expkit.report.plots import curves
 
-    curves(run_dir)
+    curves(run_dir, f"{cfg.name}: {' '.join(summary['overrides']) or 'defaults'}  ({run_dir.name})")
 
 
 def _csv(path, df):

@@ -14,7 +14,7 @@ def savefig(fig, path):
     plt.close(fig)
 
 
-def curves(run_dir):
+def curves(run_dir, title=None):
     """Loss and accuracy vs epoch for train/val/test: one run's curves.png."""
     m = pd.read_csv(run_dir / "metrics.csv")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -24,7 +24,7 @@ def curves(run_dir):
         ax.set(xlabel="epoch", ylabel="accuracy" if what == "acc" else "loss")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(run_dir.name)
+    fig.suptitle(title or run_dir.name, fontsize=10)
     savefig(fig, run_dir / "curves.png")
 
 
