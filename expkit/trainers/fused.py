@@ -238,9 +238,10 @@ def fit(models, splits, cfgs, device):
                                         for p in lin])
             opt.step(group.flat, group.flat_grad())
             loss = loss.detach()
-            loss_sum += loss * idx.shape[1]
+            loss_sum.add_(loss, alpha=idx.shape[1])
             hits += h
-            step_losses[:, s] = loss
+            if t_cfg.record_steps:
+                step_losses[:, s] = loss
         train_loss, train_acc = [v / n_used for v in loss_sum.tolist()], [v / n_used for v in hits.tolist()]
         ev = {p: _evaluate(group, *data[p], t_cfg.eval_batch_size, autocast) for p in ("val", "test")}
         dt = time.perf_counter() - t0
