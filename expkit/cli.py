@@ -1,6 +1,11 @@
 """Process-level glue for train.py: one-line config errors and the sweep's exit status."""
+import difflib
+import os
+import re
 import sys
+from pathlib import Path
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
 _state = {"failed_jobs": 0}
 
 
@@ -12,17 +17,40 @@ def exit_code():
     return 1 if _state["failed_jobs"] else 0
 
 
+def full_error():
+    """Hydra's documented switch: HYDRA_FULL_ERROR=1 shows every traceback."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def group_options(group):
+    """The options of a config group, nested ones as 'ex4/lr', from expkit's conf/."""
+    root = CONF / group
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")) if root.is_dir() else []
+
+
+def closest(group, option, n=3):
+    opts = group_options(group)
+    near = difflib.get_close_matches(option, opts, n=n, cutoff=0.5)
+    return near or opts[:n]
+
+
 def _one_line(ex):
     lines = [ln.strip() for ln in str(ex).splitlines() if ln.strip()]
     msg = lines[0] if lines else type(ex).__name__
     if msg.endswith(":") and len(lines) > 1:  # "… raised while composing config:" — the cause is next
         msg += " " + lines[1]
+    missing = re.search(r"Could not find '([^']+)'", msg)
+    if missing and "/" in missing.group(1) and not missing.group(1).startswith("hydra/"):
+        group, _, option = missing.group(1).partition("/")
+        if group in ("experiment", "data", "model", "optim", "trainer", "sweep", "report", "logger"):
+            return (f"unknown {group} {option!r}: no conf/{group}/{option}.yaml; closest: "
+                    f"{', '.join(closest(group, option))} (python train.py --help lists them all)")
     # Hydra lists the valid choices on later lines: keep them, on the same line.
     opts = []
     for ln in lines[1:]:
         if ln.startswith("Available options"):
             opts = []
-        elif lines and not ln.startswith(("Config search path", "provider=", "Set the environment")) and ":" not in ln:
+        elif not ln.startswith(("Config search path", "provider=", "Set the environment")) and ":" not in ln:
             opts.append(ln)
     if "Could not find" in msg and opts:
         msg += f" (available: {', '.join(opts)})"
@@ -36,18 +64,28 @@ def _one_line(ex):
 
 
 def report_config_errors():
-    """Make Hydra's composition errors one line and exit code 2 (user error), not a traceback.
+    """Make config and sweep-definition errors one line and exit code 2 (user error), not a traceback.
 
     Errors raised while a job runs are not touched here: expkit.run handles user errors
-    itself, and programming errors propagate with their full traceback.
+    itself, and programming errors propagate with their full traceback. HYDRA_FULL_ERROR=1
+    shows the traceback of everything.
     """
-    import hydra._internal.utils as hydra_utils
+    import hydra._internal.utils as hydra_utils  # the one private Hydra hook: its error printer
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from expkit.errors import UserError
+
+    original = hydra_utils.run_and_report
+
     def run_and_report(func):
+        if full_error():
+            return original(func)  # Hydra's own handler re-raises with the full traceback
         try:
             return func()
+        except UserError as ex:  # e.g. a malformed sweep definition, found by the sweeper
+            sys.stderr.write(f"error: {ex}\n")
+            sys.exit(2)
         except (HydraException, OmegaConfBaseException) as ex:
             sys.stderr.write(f"error: {_one_line(ex)}\n")
             sys.exit(2)

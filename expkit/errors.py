@@ -13,3 +13,7 @@ def require(ok, message):
 class Skipped(UserError):
     """The job cannot run here for a reason the user must act on (e.g. pretrained weights are
     not on this machine). In a sweep it is recorded as status 'skipped', not as a failure."""
+
+
+class ForeignDir(UserError):
+    """The run dir holds another config's results: nothing is written there."""

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from expkit import __version__
 from expkit.cache import atomic_write
 from expkit.config import validate
-from expkit.errors import Skipped, UserError
+from expkit.errors import ForeignDir, Skipped, UserError
 
 log = logging.getLogger("expkit")
 SUMMARY = "summary.json"
@@ -47,8 +47,10 @@ def run_job(cfg):
         user = isinstance(ex, UserError)
         msg = str(ex) if user else f"{type(ex).__name__}: {ex}"
         if not sweeping:
-            if not user:
-                raise  # a programming error keeps its traceback
+            from expkit.cli import full_error
+
+            if not user or full_error():
+                raise  # a programming error keeps its traceback (any error, with HYDRA_FULL_ERROR=1)
             _remove_partial(run_dir)
             sys.stderr.write(f"error: {msg}\n")
             sys.exit(2)
@@ -57,7 +59,8 @@ def run_job(cfg):
         if not user:
             log.error(traceback.format_exc())
         summary = {"status": status, "error": msg, "overrides": overrides, "wall_time_s": time.time() - t0}
-        _write_json(run_dir / SUMMARY, summary)
+        if not isinstance(ex, ForeignDir):  # never write into a dir that holds another config's results
+            _write_json(run_dir / SUMMARY, summary)
     from expkit.report.aggregate import build_report, write_table
 
     if sweeping:
@@ -79,6 +82,7 @@ def sweeper_value(hc, summary):
 def run(cfg, run_dir: Path, overrides=()):
     cfg = validate(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    _check_not_foreign(run_dir, cfg)
     done = _finished(run_dir, cfg)
     if done:
         log.info("already completed in %s; skipping (delete %s to re-run)", run_dir, SUMMARY)
@@ -183,6 +187,23 @@ def _finished(run_dir, cfg):
         return None
     same = summary.get("config") == OmegaConf.to_container(cfg)
     return summary if same and summary.get("status") in ("completed", "diverged") else None
+
+
+def _check_not_foreign(run_dir, cfg):
+    """A run dir that holds another config's results is never written into."""
+    mine = OmegaConf.to_container(cfg)
+    for name in (SUMMARY, "config.yaml"):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        try:
+            theirs = json.loads(path.read_text()).get("config") if name == SUMMARY else OmegaConf.to_container(
+                OmegaConf.load(path))
+        except Exception:
+            theirs = "unreadable"
+        if theirs is not None and theirs != mine:
+            raise ForeignDir(f"{run_dir} already holds the results of another config ({name}); "
+                             "choose a new dir (hydra.run.dir=...) or delete that one")
 
 
 def _write_json(path, obj):

@@ -22,7 +22,7 @@ class Conf:
     activation: str = "relu"
     residual: bool = False
     encoding: str = "raw"
-    standardize: bool = True
+    standardize: bool = False
 
 
 class Sines(nn.Module):
@@ -37,7 +37,8 @@ class Sines(nn.Module):
 
 
 class Standardize(nn.Module):
-    """(x - mean) / std with the training set's statistics, fixed: raw degrees train poorly."""
+    """(x - mean) / std with the training set's statistics, fixed (model.standardize=true; off by
+    default: the course's studies feed raw coordinates)."""
 
     def __init__(self, mean, std):
         super().__init__()
@@ -51,7 +52,9 @@ class Standardize(nn.Module):
 class Block(nn.Module):
     def __init__(self, n_in, n_out, batchnorm, act, residual):
         super().__init__()
-        self.linear = nn.Linear(n_in, n_out)
+        # no bias before BatchNorm: its mean subtraction cancels it (true gradient 0), and Adam would
+        # scale that zero gradient's rounding noise into full-size steps that differ run to run
+        self.linear = nn.Linear(n_in, n_out, bias=not batchnorm)
         self.norm = nn.BatchNorm1d(n_out) if batchnorm else nn.Identity()
         self.act = ACTIVATIONS[act]()
         self.residual = residual and n_in == n_out

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from expkit.errors import require
 from expkit.trainers import History
-from expkit.trainers.torch import evaluate, has_batchnorm
+from expkit.trainers.torch import check_grad_layers, evaluate, has_batchnorm
 
 log = logging.getLogger(__name__)
 # keys whose values do not change tensor shapes: members may differ in these
@@ -95,7 +95,9 @@ class Group:
             h = h.expand(M, *h.shape)
         for j, (bn, act, residual) in enumerate(self.blocks):
             p = f"blocks.{j}."
-            z = torch.baddbmm(S[p + "linear.bias"].unsqueeze(1), h, S[p + "linear.weight"].transpose(1, 2))
+            z = torch.bmm(h, S[p + "linear.weight"].transpose(1, 2))
+            if p + "linear.bias" in S:  # a Linear feeding BatchNorm has none (BatchNorm's own shift replaces it)
+                z = z + S[p + "linear.bias"].unsqueeze(1)
             if bn:
                 z = self._batchnorm(z, p + "norm.", train)
             a = act(z)
@@ -199,9 +201,8 @@ def fit(models, splits, cfgs, device):
                     [c.optim.momentum for c in cfgs])
     shuffles = [torch.Generator().manual_seed(c.seed) for c in cfgs]
     layers = list(t_cfg.grad_layers)
+    check_grad_layers(models[0], layers)  # the same check and message as a single run
     names = [f"blocks.{j}.linear." for j in range(len(group.blocks))] + ["head."]  # = MLP.linears
-    require(all(-len(names) <= j < len(names) for j in layers),
-            f"trainer.grad_layers {layers}: this MLP has Linear layers 0..{len(names) - 1}")
     lin = [names[j] for j in layers]
     hists = [History(iterations_per_epoch=steps_per_epoch) for _ in models]
     steps = [[] for _ in models]
@@ -223,6 +224,7 @@ def fit(models, splits, cfgs, device):
         loss_sum, hits = torch.zeros(M, device=device), torch.zeros(M, device=device)
         step_losses = torch.zeros(M, steps_per_epoch, device=device)
         grad_sq = torch.zeros(len(lin), M, device=device)
+        grad_sq_bias = torch.zeros(len(lin), M, device=device)
         params = group.params()
         for s in range(steps_per_epoch):
             idx = order[:, s * bs:(s + 1) * bs]
@@ -234,8 +236,9 @@ def fit(models, splits, cfgs, device):
             loss.sum().backward()  # members' graphs are disjoint: each gets its own gradient
             if lin:
                 S = group.S
-                grad_sq += torch.stack([S[p + "weight"].grad.pow(2).sum((1, 2)) + S[p + "bias"].grad.pow(2).sum(1)
-                                        for p in lin])
+                grad_sq += torch.stack([S[p + "weight"].grad.pow(2).sum((1, 2)) for p in lin])  # weight matrix
+                grad_sq_bias += torch.stack([S[p + "bias"].grad.pow(2).sum(1) if p + "bias" in S
+                                             else torch.zeros(M, device=device) for p in lin])
             opt.step(group.flat, group.flat_grad())
             loss = loss.detach()
             loss_sum.add_(loss, alpha=idx.shape[1])
@@ -252,6 +255,7 @@ def fit(models, splits, cfgs, device):
                 row[f"{p}_loss"], row[f"{p}_acc"] = ev[p][0][k], ev[p][1][k]
             for j, layer in enumerate(layers):
                 row[f"grad_sq_layer{layer}"] = grad_sq[j, k].item() / steps_per_epoch
+                row[f"grad_sq_bias_layer{layer}"] = grad_sq_bias[j, k].item() / steps_per_epoch
             row["time_s"] = dt  # the group's epoch: all members trained in this time
             hists[i].rows.append(row)
             if t_cfg.record_steps:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from expkit.cache import atomic_write
-from expkit.errors import UserError, require
+from expkit.errors import ForeignDir, UserError, require
 from expkit.trainers import History
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,7 @@ def fit(model, splits, cfg, run_dir: Path, device, seed) -> History:
     step_model = torch.compile(model, dynamic=True) if t_cfg.compile else model
     data = {part: to_device(s, device) for part, s in splits.items()}
     (x_train, y_train), prepare, augment = data["train"], splits.prepare, splits.augment
-    grad_layers = [model.linears[i] for i in t_cfg.grad_layers] if t_cfg.grad_layers else []
-    require(len(grad_layers) == 0 or hasattr(model, "linears"), "trainer.grad_layers needs a model with .linears (model=mlp)")
+    grad_layers = check_grad_layers(model, t_cfg.grad_layers)
     shuffle = torch.Generator().manual_seed(seed)  # the batch order, saved and restored on resume
 
     hist = History(iterations_per_epoch=steps_per_epoch)
@@ -136,6 +135,7 @@ def fit(model, splits, cfg, run_dir: Path, device, seed) -> History:
         hits = torch.zeros((), device=device)
         step_losses = torch.zeros(steps_per_epoch, device=device)
         grad_sq = torch.zeros(len(grad_layers), device=device)
+        grad_sq_bias = torch.zeros(len(grad_layers), device=device)
         bar = Progress(epoch, t_cfg.epochs, steps_per_epoch)
         for i in range(steps_per_epoch):
             idx = order[i * bs:(i + 1) * bs]
@@ -149,8 +149,10 @@ def fit(model, splits, cfg, run_dir: Path, device, seed) -> History:
             loss, h = loss_and_hits(out, yb)
             zero_grad()
             loss.backward()
-            if grad_layers:
-                grad_sq += torch.stack([sum(p.grad.pow(2).sum() for p in lin.parameters()) for lin in grad_layers])
+            if grad_layers:  # ||grad||^2 of each layer's weight matrix, and of its bias apart
+                grad_sq += torch.stack([lin.weight.grad.pow(2).sum() for lin in grad_layers])
+                grad_sq_bias += torch.stack([lin.bias.grad.pow(2).sum() if lin.bias is not None
+                                             else torch.zeros((), device=device) for lin in grad_layers])
             opt.step()
             loss = loss.detach()
             loss_sum.add_(loss, alpha=len(idx))
@@ -163,8 +165,9 @@ def fit(model, splits, cfg, run_dir: Path, device, seed) -> History:
         for part in ("val", "test"):
             x, y = data[part]
             row[f"{part}_loss"], row[f"{part}_acc"] = evaluate(step_model, x, y, t_cfg.eval_batch_size, prepare, autocast)
-        for j, layer in enumerate(t_cfg.grad_layers):
+        for j, layer in enumerate(t_cfg.grad_layers):  # means over the epoch's steps
             row[f"grad_sq_layer{layer}"] = grad_sq[j].item() / steps_per_epoch
+            row[f"grad_sq_bias_layer{layer}"] = grad_sq_bias[j].item() / steps_per_epoch
         row["time_s"] = time.perf_counter() - t0
         hist.rows.append(row)
         if t_cfg.record_steps:
@@ -195,6 +198,19 @@ def fit(model, splits, cfg, run_dir: Path, device, seed) -> History:
     return hist
 
 
+def check_grad_layers(model, layers):
+    """The Linear layers trainer.grad_layers names, or one clear error."""
+    if not layers:
+        return []
+    require(hasattr(model, "linears"), "trainer.grad_layers needs an MLP (model=mlp); this model has no "
+                                       "numbered Linear layers: use trainer.grad_layers=[]")
+    n = len(model.linears)
+    bad = [i for i in layers if not 0 <= i < n]
+    require(not bad, f"trainer.grad_layers {bad} out of range: this MLP has {n} Linear layers, 0..{n - 1} "
+                     f"(hidden layers, then the output layer)")
+    return [model.linears[i] for i in layers]
+
+
 def _fingerprint(cfg):
     import json
 
@@ -222,11 +238,13 @@ def _resume(path, model, opt, shuffle, hist, steps, fingerprint):
         with warnings.catch_warnings():  # torch warns about pickle protocols: the error below says it all
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
-        if state.get("config") != fingerprint:
-            log.warning("ignoring %s: written by a different config; starting this run afresh", path)
-            return 0, math.inf, 0
+        if state.get("config") != fingerprint:  # never overwrite another config's progress
+            raise ForeignDir(f"{path} was written by a different config; run in a new dir "
+                             "(hydra.run.dir=...) or delete that file to start afresh")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optim"])
+    except ForeignDir:
+        raise
     except Exception as ex:
         # torch's own message suggests weights_only=False, which would run whatever the file holds
         why = ("damaged, or holds objects other than tensors (never loaded)" if isinstance(ex, pickle.UnpicklingError)
