@@ -57,8 +57,8 @@ def test_mnist_default_is_sklearn_digits_and_caps_sizes_it_cannot_hold(caplog):
     s = data("data=mnist", "data.train_size=500")
     assert s.input_shape == (1, 8, 8) and "EMBEDDED DEFAULT" in s.description
     assert np.bincount(s.train.y).tolist() == [50] * 10 and len(s.test) == 297
-    big = data("data=mnist", "data.train_size=2000")
-    assert len(big.train) == 1500 and "1500 training images" in big.description
+    big = data("data=mnist", "data.train_size=2000")  # 1,500 training digits minus the 150 carved for val
+    assert len(big.train) == 1350 and "1350 training images" in big.description and len(big.val) == 150
     assert "more than the data holds" in caplog.text
 
 
@@ -105,11 +105,13 @@ def test_cifar_batches_read_like_torchvision(tmp_path, monkeypatch):
     root = fx.write_cifar(tmp_path / "c", per_batch=20, n_test=30)
     s = data("data=cifar10", f"data.root={root}", "data.train_size=70", "data.val_size=10")
     assert (len(s.train), len(s.val), len(s.test)) == (70, 10, 30) and s.input_shape == (3, 32, 32)
+    assert list(s.train.ids) == [i for i in range(100) if i not in set(s.val.ids)][:70]  # first 70 not held out
     import torchvision.datasets.cifar as tvc
 
     monkeypatch.setattr(tvc, "check_integrity", lambda *a, **k: True)  # the fixture has no real md5 sums
     tv = tvc.CIFAR10(str(root), train=True, download=False)
-    assert np.array_equal(tv.data[:70].transpose(0, 3, 1, 2), s.train.x) and tv.targets[:70] == list(s.train.y)
+    assert np.array_equal(tv.data[s.train.ids].transpose(0, 3, 1, 2), s.train.x)
+    assert [tv.targets[i] for i in s.train.ids] == list(s.train.y)
     with pytest.raises(UserError, match="needs data.root"):
         data("data=cifar10")
     with pytest.raises(UserError, match="downloading CIFAR-10 into .* failed"):  # offline
@@ -139,8 +141,10 @@ def test_points2d_npy_split_50_50_random_state_42(tmp_path):
     root = fx.write_points2d(tmp_path / "p", n=100)
     s = data("data=points2d", f"data.root={root}")
     X, y = np.load(root / "X_classification.npy"), np.load(root / "y_classification.npy")
-    xtr, xte, *_ = train_test_split(X, y, test_size=0.5, random_state=42)
-    np.testing.assert_allclose(s.train.x, xtr, rtol=1e-6)
+    xtr, xte, _, _, itr, _ = train_test_split(X, y, np.arange(len(y)), test_size=0.5, random_state=42)
+    # training + validation = the pset's train half (val carved from it), test = its test half
+    assert sorted(np.concatenate([s.train.ids, s.val.ids]).tolist()) == sorted(itr.tolist())
+    np.testing.assert_allclose(X[s.train.ids], s.train.x, rtol=1e-6)
     np.testing.assert_allclose(s.test.x, xte, rtol=1e-6)
     np.save(root / "X_classification.npy", X[:, :1])
     with pytest.raises(UserError, match="N x 2"):
@@ -214,12 +218,12 @@ def test_summary_has_layer_shapes_and_kernels_plot(tmp_path):
 def test_mnist_sizes_table_uses_real_training_size(tmp_path):
     from expkit.report.aggregate import build_report
 
-    for i, size in enumerate((100, 2000)):  # 2000 > the digits' 1500: capped
+    for i, size in enumerate((100, 2000)):  # 2000 > the digits' 1350 (1500 minus 150 for val): capped
         run(cfg("experiment=hw6/mnist_sizes", f"data.train_size={size}", "trainer.epochs=1",
                 "trainer.batch_size=100", "trainer.checkpoint=false"), tmp_path / "s" / str(i))
     build_report(tmp_path / "s", plots=[{"kind": "vs_n_train", "metrics": ["test_acc", "wall_time_s"]}])
     table = (tmp_path / "s" / "vs_n_train.md").read_text()
-    assert "| 100 |" in table and "| 1500 |" in table
+    assert "| 100 |" in table and "| 1350 |" in table
     assert (tmp_path / "s" / "wall_time_s_vs_n_train.png").exists()
 
 

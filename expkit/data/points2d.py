@@ -2,7 +2,10 @@
 
 Real data: ROOT/X_classification.npy (N x 2) and ROOT/y_classification.npy (N labels).
 Default: a built-in generator (scikit-learn's make_circles: one ring inside another).
-Split 50:50 with train_test_split(random_state=42), as in the pset; validation = the test half.
+Split 50:50 with train_test_split(random_state=42), as in the pset: the test half is the pset's test
+set, untouched. Validation = 10% of the training half (at least 1 point), carved stratified with
+data.split_seed (default 0; not the run's seed, so a seed sweep keeps the same split) and never
+trained on; the model trains on the other 90%. The test half is never used for validation.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from expkit.data import Split, Splits
+from expkit.data import Split, Splits, carve
 from expkit.errors import UserError, require
 
 
@@ -20,6 +23,7 @@ class Conf:
     root: Optional[str] = None
     n: int = 1000        # generated points
     noise: float = 0.08  # generated points: Gaussian noise on the rings
+    split_seed: int = 0  # seeds the validation carve from the training half (fixed: not the run's seed)
 
 
 def load(conf) -> Splits:
@@ -38,9 +42,13 @@ def load(conf) -> Splits:
     idx = np.arange(len(y))
     xtr, xte, ytr, yte, itr, ite = train_test_split(x.astype(np.float32), y.astype(np.int64), idx,
                                                     test_size=0.5, random_state=42)
-    test = Split(xte, yte, ite)
-    return Splits(Split(xtr, ytr, itr), test, test, n_classes=int(y.max()) + 1,
-                  description=desc + "; 50:50 split, validation = the test half")
+    rest, held = carve(ytr, max(1, len(ytr) // 10), conf.split_seed)
+    info = {"train": f"train half (50:50, random_state 42) minus val: {len(rest):,} points",
+            "val": f"{len(held):,} points (10%) carved from the train half, stratified, split_seed {conf.split_seed}",
+            "test": f"test half (50:50, random_state 42): {len(yte):,} points"}
+    return Splits(Split(xtr[rest], ytr[rest], itr[rest]), Split(xtr[held], ytr[held], itr[held]),
+                  Split(xte, yte, ite), n_classes=int(y.max()) + 1, split_info=info,
+                  description=desc + f"; 50:50 train/test split, validation = {len(held)} points of the train half")
 
 
 def _read(root):

@@ -3,7 +3,9 @@ bright line) at a random position; what differs within a class is where the edge
 
 Real data: the course pickle (a dict with `trainX`, N x 28 x 28, and `trainY`) at data.root
 (the file, or a folder holding synth_data / synth_data.pkl). Default: a built-in generator.
-Both are split 80/10/10 into train/val/test, stratified, with a fixed seed.
+Both are split 80/10/10 into train/val/test, stratified, with the fixed random_state 0 (not the
+run's seed, so a seed sweep keeps the same split): validation and test are disjoint 10% parts of
+the one source (the course pickle holds only trainX/trainY); the test part never validates.
 """
 import pickle
 from dataclasses import dataclass
@@ -63,7 +65,11 @@ def load(conf) -> Splits:
     tr, rest = train_test_split(idx, test_size=0.2, random_state=0, stratify=y)
     va, te = train_test_split(rest, test_size=0.5, random_state=0, stratify=y[rest])
     parts = [Split(x[i], y[i], i) for i in (tr, va, te)]
-    return Splits(*parts, n_classes=int(y.max()) + 1, description=desc, prepare=Normalize([0.0], [1.0], 1.0))
+    source = "the pickle's trainX" if conf.root else "the generated images"
+    info = {part: f"stratified {pct}% of {source}: {len(i):,} images (80/10/10, random_state 0)"
+            for part, pct, i in zip(("train", "val", "test"), (80, 10, 10), (tr, va, te))}
+    return Splits(*parts, n_classes=int(y.max()) + 1, description=desc, prepare=Normalize([0.0], [1.0], 1.0),
+                  split_info=info)
 
 
 def _read(root: Path):

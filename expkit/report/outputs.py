@@ -32,7 +32,10 @@ def summarize(cfg, hist, model, splits, wall, device, overrides):
         "layers": _layers(model, splits),  # per layer: output shape (conv shapes) and parameter count
         "device": str(device),
         "data": splits.description,
+        "splits": dict(splits.split_info),  # how train/val/test were made (val never from test)
         "n_train": len(splits.train),
+        "n_val": len(splits.val),
+        "n_test": len(splits.test),
         "seed": cfg.seed,
         "overrides": list(overrides),
         "versions": {"expkit": __version__, "torch": torch.__version__, "python": sys.version.split()[0],

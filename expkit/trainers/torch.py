@@ -205,9 +205,9 @@ def check_grad_layers(model, layers):
     require(hasattr(model, "linears"), "trainer.grad_layers needs an MLP (model=mlp); this model has no "
                                        "numbered Linear layers: use trainer.grad_layers=[]")
     n = len(model.linears)
-    bad = [i for i in layers if not 0 <= i < n]
+    bad = [i for i in layers if not -n <= i < n]
     require(not bad, f"trainer.grad_layers {bad} out of range: this MLP has {n} Linear layers, 0..{n - 1} "
-                     f"(hidden layers, then the output layer)")
+                     f"(hidden layers, then the output layer; -1 = the output layer)")
     return [model.linears[i] for i in layers]
 
 
