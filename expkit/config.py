@@ -91,5 +91,12 @@ def validate(cfg: DictConfig) -> DictConfig:
     require(t.eval_batch_size >= 1, f"trainer.eval_batch_size must be >= 1, got {t.eval_batch_size}")
     require(t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
             f"trainer.device must be auto, cpu or cuda, got {t.device!r}")
+    if t.grad_layers:  # the MLP's Linear layers: hidden ones, then the output layer
+        require(out.model.name == "mlp", f"trainer.grad_layers needs model=mlp (numbered Linear layers); "
+                                         f"model={out.model.name} has none: use trainer.grad_layers=[]")
+        n = (len(out.model.hidden) if out.model.hidden is not None else out.model.depth) + 1
+        bad = [i for i in t.grad_layers if not -n <= i < n]
+        require(not bad, f"trainer.grad_layers {bad} out of range: this MLP has {n} Linear layers, 0..{n - 1} "
+                         f"(hidden layers, then the output layer; -1 = the output layer)")
     OmegaConf.set_readonly(out, True)
     return out

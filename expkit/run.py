@@ -16,7 +16,6 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from expkit import __version__
 from expkit.cache import atomic_write
 from expkit.config import validate
 from expkit.errors import ForeignDir, Skipped, UserError

@@ -48,17 +48,19 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path):
     assert not (killed / "checkpoint.pt").exists()  # removed once the run finished
 
 
-def test_checkpoint_of_another_config_is_not_resumed(tmp_path):
+def test_checkpoint_of_another_config_is_neither_resumed_nor_overwritten(tmp_path):
     data = write_countries(tmp_path / "d", n=400)
     run_dir = tmp_path / "r"
     base = [f"data.root={data}", "trainer.epochs=3", "trainer.threads=1", f"hydra.run.dir={run_dir}"]
     run_dir.mkdir()
     # what a killed run of some other config leaves behind (its weights would not even fit)
     torch.save({"epoch": 1, "config": "{}", "model": {}, "rows": []}, run_dir / "checkpoint.pt")
+    before = (run_dir / "checkpoint.pt").read_bytes()
     r = run_cli(*base, "optim.lr=0.01")
-    assert r.returncode == 0, r.stderr
-    assert "different config" in r.stderr + r.stdout
-    assert list(pd.read_csv(run_dir / "metrics.csv").epoch) == [1, 2, 3]
+    assert r.returncode == 2 and "written by a different config" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    # never overwritten: the other config's progress stays, and nothing of this run is written
+    assert (run_dir / "checkpoint.pt").read_bytes() == before and not (run_dir / "metrics.csv").exists()
 
 
 class Payload:

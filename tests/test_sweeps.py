@@ -1,5 +1,4 @@
 """Sweeps: the results table, paired axes, failure isolation, presets, re-running one job."""
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -83,5 +82,5 @@ def test_rerun_one_job_reproduces_its_metrics(countries_root, tmp_path):
     assert r.returncode == 0
     r = run_python("-m", "expkit.rerun", str(out / "1"))
     assert r.returncode == 0 and "identical metrics" in r.stdout, r.stdout + r.stderr
-    assert pd.read_csv(out / "1" / "rerun" / "metrics.csv").val_loss.equals(
+    assert pd.read_csv(out / "1" / "rerun_1" / "metrics.csv").val_loss.equals(
         pd.read_csv(out / "1" / "metrics.csv").val_loss)

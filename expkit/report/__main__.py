@@ -2,6 +2,9 @@
 
     python -m expkit.report outputs/ex4_lr/multirun_...            # in place
     python -m expkit.report SWEEP_A SWEEP_B --out merged/           # merge sweeps
+
+When the jobs differ in seed, results_by_config.csv/.md (mean ± std over seeds per configuration)
+are written too, and the plots draw each configuration's mean with a ±1 std band.
 """
 import argparse
 import sys
@@ -23,7 +26,10 @@ def main(argv=None):
     if df.empty:
         sys.stderr.write(f"error: no runs found under {', '.join(map(str, args.dirs))}\n")
         return 2
-    print(f"{len(df)} job(s) -> {(args.out or args.dirs[0]) / 'results.md'}")
+    out = args.out or args.dirs[0]
+    print(f"{len(df)} job(s) -> {out / 'results.md'}")
+    if (out / "results_by_config.md").exists():  # written when the jobs differ in seed
+        print(f"mean ± std over seeds per configuration -> {out / 'results_by_config.md'}")
     return 0
 
 

@@ -1,4 +1,6 @@
-"""Sweep tables: one row per job (swept keys, status, metrics) -> results.csv and results.md.
+"""Sweep tables: one row per job (swept keys, status, metrics) -> results.csv and results.md;
+when the jobs differ in seed, also one row per configuration (mean ± std over seeds) ->
+results_by_config.csv and results_by_config.md.
 
 Works on any directory of runs: a sweep dir (numbered job dirs), a single run dir, or several
 sweeps merged: `python -m expkit.report DIR [DIR ...] [--out DIR]`.
@@ -7,6 +9,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -53,6 +56,7 @@ def _row(d: Path, root: Path):
         row[m] = final.get(m)
     best = s.get("best", {})
     row["best_val_acc"], row["best_epoch"] = best.get("val_acc"), best.get("epoch")
+    row["best_test_acc"] = best.get("test_acc")  # test accuracy at the epoch of best val accuracy
     for k in ("epochs_run", "iterations_per_epoch", "wall_time_s", "n_params"):
         row[k] = s.get(k)
     for k, v in s.get("report_columns", {}).items():
@@ -92,6 +96,104 @@ def swept_keys(df):
     return cols[cols.index("job") + 1:cols.index("status")]
 
 
+# ---- results over seeds: one row per configuration = per combination of the swept keys but seed ----
+
+SEED = "seed"
+OK = ("completed", "diverged")  # jobs with a result; the others (failed, skipped, unfinished) count as failed
+AGG = METRICS + ["best_val_acc", "best_test_acc", "wall_time_s"]
+
+
+def config_keys(df):
+    """The swept keys that define a configuration: all but the seed."""
+    return [k for k in swept_keys(df) if k != SEED]
+
+
+def seed_varies(df):
+    return len(df) > 0 and SEED in swept_keys(df)  # collect() keeps only the swept keys that vary
+
+
+def config_groups(df, keys=None):
+    """[(config values, [row index, ...])] in order of first appearance; a missing value is its own value.
+    Jobs group only when they differ in seed: without a swept seed, every job is its own group."""
+    if not seed_varies(df):
+        return [((str(i),), [i]) for i in df.index]
+    keys = config_keys(df) if keys is None else keys
+    groups = {}
+    for i, vals in zip(df.index, df[keys].astype(str).itertuples(index=False, name=None)):
+        groups.setdefault(tuple(vals), []).append(i)
+    return list(groups.items())
+
+
+def _finite(values):
+    v = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").astype(float)
+    return v[np.isfinite(v)]
+
+
+def _summaries(df):
+    """Per configuration: its key values, counts, seeds and each metric's finite values over its seeds."""
+    keys = config_keys(df)
+    for _, idx in config_groups(df, keys):
+        g = df.loc[idx]
+        ok = g[g.status.isin(OK)]
+        yield {
+            "keys": {k: g[k].iloc[0] for k in keys},
+            "n": len(ok),
+            "seeds": ",".join("-" if s != s else str(s) for s in ok[SEED]),
+            "diverged": int((g.status == "diverged").sum()),
+            "failed": len(g) - len(ok),
+            "values": {m: _finite(ok[m]) for m in AGG if m in g},
+        }
+
+
+def _mean_std(v):
+    """Mean and sample std (ddof 1) over seeds; the std is NaN with fewer than two values."""
+    return (v.mean() if len(v) else np.nan), (v.std(ddof=1) if len(v) > 1 else np.nan)
+
+
+def by_config(df):
+    """results_by_config: one row per configuration with n (seeds with a result), the seeds, diverged
+    and failed counts, and <metric>_mean / <metric>_std over its seeds (non-finite values left out).
+    None when the jobs do not differ in seed."""
+    if not seed_varies(df):
+        return None
+    rows = []
+    for s in _summaries(df):
+        r = dict(s["keys"], n=s["n"], seeds=s["seeds"], diverged=s["diverged"], failed=s["failed"])
+        for m, v in s["values"].items():
+            r[f"{m}_mean"], r[f"{m}_std"] = _mean_std(v)
+        rows.append(r)
+    out = pd.DataFrame(rows)
+    empty = [m for m in AGG if f"{m}_mean" in out and out[f"{m}_mean"].isna().all()]
+    return out.drop(columns=[f"{m}_{x}" for m in empty for x in ("mean", "std")])
+
+
+def pm(mean, std, digits=4):
+    """'0.9123 ± 0.0045' ('0.9123' without a std; '' without a mean)."""
+    if mean != mean:
+        return ""
+    f = (lambda x: f"{x:.{digits}f}") if abs(mean) < 1000 else (lambda x: f"{x:.0f}")
+    return f(mean) + ("" if std != std else f" ± {f(std)}")
+
+
+def by_config_markdown(df):
+    """The .md of results_by_config: mean ± std strings; '(k/n)' where only k of the n seeds had a value."""
+    table = by_config(df)
+    rows = []
+    for s in _summaries(df):
+        r = dict(s["keys"], n=s["n"], seeds=s["seeds"], diverged=s["diverged"], failed=s["failed"])
+        for m, v in s["values"].items():
+            if f"{m}_mean" in table:
+                r[m] = pm(*_mean_std(v)) + (f" ({len(v)}/{s['n']})" if 0 < len(v) < s["n"] else "")
+        rows.append(r)
+    t = pd.DataFrame(rows)
+    if not t.diverged.any():
+        t = t.drop(columns="diverged")
+    head = ("Mean ± sample std (ddof 1) over seeds, per configuration (the swept keys but seed). "
+            "n: seeds with a result (completed or diverged); failed: jobs without one (failed, skipped, "
+            "unfinished), left out of the means; (k/n): only k seeds had a finite value.\n\n")
+    return head + to_markdown(t.astype(object))
+
+
 def to_markdown(df):
     def fmt(v):
         if isinstance(v, float):
@@ -111,6 +213,13 @@ def write_table(root, roots=None, out=None):
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
     atomic_write(out / "results.md", lambda tmp: tmp.write_text(to_markdown(df)))
+    if seed_varies(df):
+        table, md = by_config(df), by_config_markdown(df)
+        atomic_write(out / "results_by_config.csv", lambda tmp: table.to_csv(tmp, index=False))
+        atomic_write(out / "results_by_config.md", lambda tmp: tmp.write_text(md))
+    else:  # a rebuilt table without several seeds: no stale per-config table beside it
+        for f in ("results_by_config.csv", "results_by_config.md"):
+            (out / f).unlink(missing_ok=True)
     return df
 
 
@@ -123,8 +232,24 @@ def plots_config(root: Path):
     return []
 
 
-def build_report(root, roots=None, out=None, plots=None):
-    """Table + the preset's plots for a sweep (or merged sweeps). Returns the table."""
+def study_name(roots):
+    """The study's `name` (the preset's), from the sweep's multirun.yaml or the run's config; merged
+    sweeps of different studies: their names joined by ' + '."""
+    names = []
+    for root in roots:
+        root = Path(root)
+        for f in (root / "multirun.yaml", root / ".hydra" / "config.yaml", root / "config.yaml"):
+            if f.exists():
+                name = (yaml.safe_load(f.read_text()) or {}).get("name")
+                if name:
+                    names.append(str(name))
+                break
+    return " + ".join(dict.fromkeys(names)) or None
+
+
+def build_report(root, roots=None, out=None, plots=None, study=None):
+    """Table (+ results_by_config when seeds vary) + the preset's plots for a sweep (or merged
+    sweeps); plot titles name the study (`name` of the sweep's config unless given). Returns the table."""
     from expkit.report.plots import draw
 
     root = Path(root)
@@ -133,12 +258,13 @@ def build_report(root, roots=None, out=None, plots=None):
     specs = plots if plots is not None else plots_config(root)
     if len(df) and specs:
         roots = [Path(r) for r in (roots or [root])]
+        study = study or study_name(roots)
         dirs = {(str(r) if len(roots) > 1 else None, str(d.relative_to(r)) if d != r else d.name): d
                 for r in roots for d in job_dirs(r)}
         paths = [dirs[(row.get("sweep"), row["job"])] for row in df.to_dict("records")]
         for spec in specs:
             try:
-                draw(spec, df, paths, out)
+                draw(spec, df, paths, out, study=study)
             except Exception as ex:  # one bad plot must not lose the table or the other plots
                 log.warning("plot %s failed: %s: %s", spec, type(ex).__name__, ex)
     return df

@@ -13,9 +13,13 @@ log = logging.getLogger(__name__)
 
 
 def _jobs(df, paths):
-    """One record per job: baseline (model, or resnet mode), lr (torch models only), metrics, status."""
+    """One record per job: baseline (model, or resnet mode), lr (torch models only), metrics, status,
+    and its configuration (the swept keys but seed)."""
+    from expkit.report.aggregate import config_groups
+
+    config = {df.index.get_loc(i): key for key, idx in config_groups(df) for i in idx}
     out = []
-    for row, p in zip(df.to_dict("records"), paths):
+    for pos, (row, p) in enumerate(zip(df.to_dict("records"), paths)):
         s = json.loads((p / "summary.json").read_text()) if (p / "summary.json").exists() else {}
         cfg = s.get("config") or _hydra_config(p)
         model = cfg.get("model", {})
@@ -25,6 +29,7 @@ def _jobs(df, paths):
             "lr": cfg.get("optim", {}).get("lr") if mode else None,  # estimators have no lr
             "status": row["status"], "test_acc": row.get("test_acc"), "val_acc": row.get("val_acc"),
             "wall_time_s": row.get("wall_time_s"), "job": row["job"], "error": s.get("error", ""), "path": p,
+            "config": config[pos], "seed": row.get("seed", s.get("seed")),
         })
     return out
 
@@ -41,11 +46,33 @@ def _done(jobs):
             and j["test_acc"] is not None and (j["path"] / "predictions.csv").exists()]
 
 
-def ranking(df, paths, out, per_baseline=2):
-    """ranking.csv / ranking.md: the best two jobs of each baseline by test accuracy, the worst
-    job overall, and the jobs that did not run (skipped/failed, with the reason)."""
+def _configs(done):
+    """The finished jobs grouped by configuration, in order of first appearance: one record each
+    with the mean (and sample std) over its seeds of test/val accuracy and wall time, n seeds,
+    its jobs, and the first seed's path and seed (whose predictions stand for the configuration)."""
+    from expkit.report.aggregate import _finite, _mean_std
+
+    grouped = {}
+    for j in done:
+        grouped.setdefault(j["config"], []).append(j)
+    out = []
+    for members in grouped.values():
+        c = dict(members[0], n=len(members), job=",".join(str(j["job"]) for j in members))
+        for m in ("test_acc", "val_acc", "wall_time_s"):
+            c[m], c[f"{m}_std"] = _mean_std(_finite([j[m] for j in members]))
+        out.append(c)
+    return out
+
+
+def ranking(df, paths, out, per_baseline=2, study=None):
+    """ranking.csv / ranking.md: the best two configurations of each baseline by test accuracy (the
+    mean over seeds ± std when there are several), the worst overall, and the jobs that did not run
+    (skipped/failed, with the reason)."""
+    from expkit.report.aggregate import pm
+
     jobs = _jobs(df, paths)
-    done = _done(jobs)
+    done = _configs(_done(jobs))
+    several = any(c["n"] > 1 for c in done)
     rows = []
     for base in dict.fromkeys(j["baseline"] for j in done):
         ranked = sorted((j for j in done if j["baseline"] == base), key=lambda j: -j["test_acc"])
@@ -53,12 +80,22 @@ def ranking(df, paths, out, per_baseline=2):
     if done:
         rows.append(dict(min(done, key=lambda j: j["test_acc"]), rank="worst overall"))
     cols = ["rank", "baseline", "lr", "test_acc", "val_acc", "wall_time_s", "job"]
+    if several:
+        cols[3:3] = ["n"]
+        cols[5:5] = ["test_acc_std"]
+        cols[7:7] = ["val_acc_std"]
     table = pd.DataFrame(rows, columns=cols)
     table["lr"] = [f"{v:g}" if v == v and v is not None else "" for v in table.lr]
     atomic_write(out / "ranking.csv", lambda tmp: table.to_csv(tmp, index=False))
     from expkit.report.aggregate import to_markdown
 
-    text = "# Ranking by test accuracy\n\n" + to_markdown(table.astype(object).where(table.notna(), ""))
+    shown = table.astype(object).where(table.notna(), "")
+    if several:  # "mean ± std" strings over the seeds
+        for m in ("test_acc", "val_acc"):
+            shown[m] = [pm(a, b) for a, b in zip(table[m], table[f"{m}_std"])]
+        shown = shown.drop(columns=["test_acc_std", "val_acc_std"]).rename(columns={"job": "jobs"})
+    what = "mean test accuracy over seeds (± sample std)" if several else "test accuracy"
+    text = f"# Ranking by {what}{f' ({study})' if study else ''}\n\n" + to_markdown(shown)
     missing = [j for j in jobs if j["status"] not in ("completed",)]
     if missing:  # one line per distinct reason
         reasons = {}
@@ -69,16 +106,18 @@ def ranking(df, paths, out, per_baseline=2):
     atomic_write(out / "ranking.md", lambda tmp: tmp.write_text(text))
 
 
-def image_grid(df, paths, out, n=5, name="image_grid.png"):
-    """n test images the best job (test accuracy) classifies right and the worst gets wrong."""
+def image_grid(df, paths, out, n=5, name="image_grid.png", study=None):
+    """n test images the best job (test accuracy) classifies right and the worst gets wrong; with
+    several seeds, the best and worst configuration by mean test accuracy, each by its first seed's
+    predictions (the title says which seed)."""
     import matplotlib.pyplot as plt
     from PIL import Image
 
     from expkit.report.plots import savefig
 
-    done = _done(_jobs(df, paths))
+    done = _configs(_done(_jobs(df, paths)))
     if len(done) < 2:
-        log.warning("image_grid: needs two completed jobs, found %d", len(done))
+        log.warning("image_grid: needs two completed configurations, found %d", len(done))
         return
     best, worst = max(done, key=lambda j: j["test_acc"]), min(done, key=lambda j: j["test_acc"])
     pb, pw = (pd.read_csv(j["path"] / "predictions.csv") for j in (best, worst))
@@ -104,7 +143,12 @@ def image_grid(df, paths, out, n=5, name="image_grid.png"):
         ax.set_yticks([])
 
     def label(j):
-        return f"{j['baseline']}" + (f" lr {j['lr']:g}" if j["lr"] else "") + f" (test acc {j['test_acc']:.3f})"
+        from expkit.report.aggregate import pm
 
-    fig.suptitle(f"right by best: {label(best)}\nwrong by worst: {label(worst)}", fontsize=9)
+        acc = (f"mean test acc {pm(j['test_acc'], j['test_acc_std'], 3)} over {j['n']} seeds; images: seed {j['seed']}"
+               if j["n"] > 1 else f"test acc {j['test_acc']:.3f}")
+        return f"{j['baseline']}" + (f" lr {j['lr']:g}" if j["lr"] else "") + f" ({acc})"
+
+    fig.suptitle(f"{study + ': ' if study else ''}{len(pick)} test images the best model gets right and the worst "
+                 f"gets wrong\nright by best: {label(best)}\nwrong by worst: {label(worst)}", fontsize=9)
     savefig(fig, out / name)

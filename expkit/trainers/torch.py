@@ -116,7 +116,7 @@ def fit(model, splits, cfg, run_dir: Path, device, seed) -> History:
     step_model = torch.compile(model, dynamic=True) if t_cfg.compile else model
     data = {part: to_device(s, device) for part, s in splits.items()}
     (x_train, y_train), prepare, augment = data["train"], splits.prepare, splits.augment
-    grad_layers = check_grad_layers(model, t_cfg.grad_layers)
+    grad_layers = [model.linears[i] for i in t_cfg.grad_layers]  # checked in expkit.config.validate
     shuffle = torch.Generator().manual_seed(seed)  # the batch order, saved and restored on resume
 
     hist = History(iterations_per_epoch=steps_per_epoch)
@@ -196,19 +196,6 @@ def fit(model, splits, cfg, run_dir: Path, device, seed) -> History:
     x, y = data["test"]
     *_, hist.test_probs = evaluate(step_model, x, y, t_cfg.eval_batch_size, prepare, autocast, want_probs=True)
     return hist
-
-
-def check_grad_layers(model, layers):
-    """The Linear layers trainer.grad_layers names, or one clear error."""
-    if not layers:
-        return []
-    require(hasattr(model, "linears"), "trainer.grad_layers needs an MLP (model=mlp); this model has no "
-                                       "numbered Linear layers: use trainer.grad_layers=[]")
-    n = len(model.linears)
-    bad = [i for i in layers if not -n <= i < n]
-    require(not bad, f"trainer.grad_layers {bad} out of range: this MLP has {n} Linear layers, 0..{n - 1} "
-                     f"(hidden layers, then the output layer; -1 = the output layer)")
-    return [model.linears[i] for i in layers]
 
 
 def _fingerprint(cfg):
