@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every ex4 MLP study in sequence, then write one report index.
 #   scripts/reproduce_ex4.sh DATA_ROOT [OUT_DIR] [extra overrides ...]
-# e.g. scripts/reproduce_ex4.sh ../shared/data/countries outputs/ex4_full hydra/launcher=joblib
+# e.g. scripts/reproduce_ex4.sh ../shared/data/countries outputs/ex4_full seed=1,2,3   (docs/ex4_results)
+#      scripts/reproduce_ex4.sh ../shared/data/countries outputs/ex4_full hydra/launcher=joblib
 #      scripts/reproduce_ex4.sh /data/countries outputs/ex4_gpu trainer.device=cuda
 set -euo pipefail
 root=${1:?usage: scripts/reproduce_ex4.sh DATA_ROOT [OUT_DIR] [overrides...]}
@@ -25,7 +26,12 @@ for preset in lr epochs batchnorm batch_size depth_width gradients gradients_fix
   echo "ex4/$preset: ${t}s" | tee -a /dev/stderr > /dev/null
   {
     echo; echo "## ex4/$preset (${t}s)"; echo
-    cat "$out/$preset/results.md" 2>/dev/null || echo "(no table: see $preset.log)"
+    if [ -e "$out/$preset/results_by_config.md" ]; then
+      echo "mean ± std over seeds:"; echo; cat "$out/$preset/results_by_config.md"; echo
+      echo "<details><summary>every job</summary>"; echo; cat "$out/$preset/results.md"; echo; echo "</details>"
+    else
+      cat "$out/$preset/results.md" 2>/dev/null || echo "(no table: see $preset.log)"
+    fi
     echo
     for png in "$out/$preset"/*.png; do [ -e "$png" ] && echo "![]($preset/$(basename "$png"))"; done
   } >> "$index"
