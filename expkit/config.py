@@ -36,6 +36,7 @@ class TrainerConf:
     grad_layers: List[int] = field(default_factory=list)
     compile: bool = False
     checkpoint: bool = True
+    checkpoint_every_s: float = 30.0
     save_model: bool = True
     early_stop: EarlyStopConf = field(default_factory=EarlyStopConf)
 
@@ -88,6 +89,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
     require(t.epochs >= 1, f"trainer.epochs must be >= 1, got {t.epochs}")
     require(t.batch_size >= 1, f"trainer.batch_size must be >= 1, got {t.batch_size}")
+    require(t.checkpoint_every_s >= 0, f"trainer.checkpoint_every_s must be >= 0, got {t.checkpoint_every_s}")
     require(t.eval_batch_size >= 1, f"trainer.eval_batch_size must be >= 1, got {t.eval_batch_size}")
     require(t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
             f"trainer.device must be auto, cpu or cuda, got {t.device!r}")

@@ -57,11 +57,13 @@ def features(net, weights_key, splits):
     return out
 
 
-def use_features(net, weights_key, splits):
-    """Swap the splits' images for their frozen features (ids and labels stay)."""
+def with_features(net, weights_key, splits):
+    """The same splits with frozen backbone features as inputs (ids, labels and split info stay)."""
+    from dataclasses import replace
+
     import torch
 
-    for part, f in features(net, weights_key, splits).items():
-        getattr(splits, part).x = torch.from_numpy(f)
-    splits.prepare = splits.augment = None
-    splits.description += "; inputs: frozen ResNet18 features (cached)"
+    f = features(net, weights_key, splits)
+    parts = {part: replace(split, x=torch.from_numpy(f[part])) for part, split in splits.items()}
+    return replace(splits, **parts, prepare=None, augment=None,
+                   description=splits.description + "; inputs: frozen ResNet18 features (cached)")

@@ -78,49 +78,109 @@ def sweeper_value(hc, summary):
     return float(summary["best"]["val_acc"]) if status == "completed" else float("nan")
 
 
+# keys whose values do not change tensor shapes: runs that differ only in these may train fused
+FUSIBLE = ("seed", "optim.lr", "optim.weight_decay", "optim.momentum")
+
+
+def not_fusible(cfg):
+    """Why this validated config cannot train in a fused group, or None if it can."""
+    from expkit.models import model_kind
+
+    if model_kind(cfg.model.name) != "torch":
+        return f"model={cfg.model.name} is an estimator (fitted once, not trained by steps)"
+    if cfg.trainer.compile:
+        return "trainer.compile=true (compiled runs are not fused)"
+    return None
+
+
+def group_key(cfg):
+    """Configs with equal keys differ only in FUSIBLE values and can train as one group."""
+    c = OmegaConf.to_container(cfg)
+    c.pop("seed")
+    for k in FUSIBLE[1:]:
+        c["optim"].pop(k.split(".")[1])
+    for k in ("checkpoint", "checkpoint_every_s"):  # when to save progress: not a difference in the result
+        c["trainer"].pop(k)
+    return json.dumps(c, sort_keys=True)
+
+
 def run(cfg, run_dir: Path, overrides=()):
-    cfg = validate(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _check_not_foreign(run_dir, cfg)
-    done = _finished(run_dir, cfg)
-    if done:
-        log.info("already completed in %s; skipping (delete %s to re-run)", run_dir, SUMMARY)
-        return done
+    """One run: the K = 1 case of run_group. Returns its summary."""
+    return run_group([cfg], [Path(run_dir)], [list(overrides)])[0]
+
+
+def run_group(cfgs, run_dirs, overrides):
+    """K >= 1 runs that differ only in FUSIBLE keys: validate, skip finished ones, load the data
+    once, build each member under its own seed, train them together (K = 1: a plain run), then
+    write each member's files. Returns each member's summary, in order."""
+    from expkit.errors import require
+
+    cfgs = [validate(c) for c in cfgs]
+    require(len({group_key(c) for c in cfgs}) == 1, "a fused group's runs must differ only in " + ", ".join(FUSIBLE))
+    summaries, todo = [None] * len(cfgs), []
+    for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs)):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _check_not_foreign(run_dir, cfg)
+        summaries[i] = _finished(run_dir, cfg)
+        if summaries[i]:
+            log.info("already completed in %s; skipping (delete %s to re-run)", run_dir, SUMMARY)
+        else:
+            todo.append(i)
+    if not todo:
+        return summaries
 
     import numpy as np
     import torch
 
     from expkit import data as datasets, loggers, models
 
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.trainer.device)
-    torch.set_num_threads(pick_threads(cfg.trainer.threads))
-    loggers.check(cfg.logger)  # a missing logger package fails now, not after training
-
-    splits = datasets.load(cfg.data, cfg.model)  # a model may ask for its own input transform
+    first = cfgs[todo[0]]
+    device = pick_device(first.trainer.device)
+    torch.set_num_threads(pick_threads(first.trainer.threads))
+    loggers.check(first.logger)  # a missing logger package fails now, not after training
+    np.random.seed(first.seed)
+    torch.manual_seed(first.seed)
+    transform = models.input_transform(first.model)  # the model's input transform, if it has one
+    splits = datasets.load(first.data, transform)
     log.info("data: %s (train %d, val %d, test %d, %d classes)", splits.description,
              len(splits.train), len(splits.val), len(splits.test), splits.n_classes)
-    kind, model = models.build(cfg.model, splits)
-    if kind == "torch" and not cfg.trainer.threads and sum(p.numel() for p in model.parameters()) < SMALL_MODEL:
+    built = []
+    for i in todo:  # each member initialised exactly as its own run would be
+        np.random.seed(cfgs[i].seed)
+        torch.manual_seed(cfgs[i].seed)
+        built.append(models.build(cfgs[i].model, splits))
+    kind = built[0][0]
+    nets = [model for _, model in built]
+    probe = models.frozen_backbone(first.model, nets[0])
+    if probe is not None:  # a linear probe: the inputs become cached frozen features, only the head trains
+        from expkit.features import with_features
+
+        splits = with_features(probe[0], probe[1], splits)
+        nets = [models.frozen_backbone(cfgs[i].model, net)[2] for i, net in zip(todo, nets)]
+    if kind == "torch" and not first.trainer.threads and sum(p.numel() for p in nets[0].parameters()) < SMALL_MODEL:
         # a small model's ops are too short to split across threads: 1 thread ran 0.37 s/epoch
         # against 2.66 s/epoch with 2 threads for the 6x16 countries MLP on a busy 2-core machine
         torch.set_num_threads(1)
-    if kind == "torch":
-        import torch._dynamo  # noqa: F401  (the first optimizer imports it, seconds: keep it out of the timed fit)
     t0 = time.time()
     if kind == "torch":
+        import torch._dynamo  # noqa: F401  (the first optimizer imports it, seconds: keep it out of the timed fit)
         from expkit.trainers import torch as trainer
-        history = trainer.fit(model, splits, cfg, run_dir, device, cfg.seed)
+
+        members = [trainer.Member(cfgs[i], net, run_dirs[i]) for i, net in zip(todo, nets)]
+        histories = trainer.fit(members, splits, device)
     else:
         from expkit.trainers import estimator as trainer
-        history = trainer.fit(model, splits, cfg)
-    wall = time.time() - t0
 
-    summary = finish(cfg, run_dir, history, model, splits, wall, device, overrides)
-    log.info("%s: test acc %.4f, val acc %.4f, %.1fs on %s -> %s", summary["status"], summary["final"]["test_acc"],
-             summary["final"]["val_acc"], wall, device, run_dir)
-    return summary
+        require(len(todo) == 1, f"model={first.model.name} is fitted once per run; it cannot be fused")
+        histories = [trainer.fit(nets[0], splits, first)]
+    wall = time.time() - t0
+    for i, (_, model), hist in zip(todo, built, histories):
+        if len(todo) > 1:  # trained in one group: wall time and time_s are the group's
+            hist.extras["fused_with"] = [run_dirs[j].name for j in todo]
+        summaries[i] = finish(cfgs[i], run_dirs[i], hist, model, splits, wall, device, overrides[i])
+        log.info("%s: test acc %.4f, val acc %.4f, %.1fs on %s -> %s", summaries[i]["status"],
+                 summaries[i]["final"]["test_acc"], summaries[i]["final"]["val_acc"], wall, device, run_dirs[i])
+    return summaries
 
 
 def finish(cfg, run_dir, history, model, splits, wall, device, overrides):

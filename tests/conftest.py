@@ -18,6 +18,14 @@ def compose_cfg(overrides=(), name="config"):
         return compose(config_name=name, overrides=list(overrides))
 
 
+def load_for(cfg):
+    """A config's data as run.py loads it: with the model's own input transform."""
+    from expkit.data import load
+    from expkit.models import input_transform
+
+    return load(cfg.data, input_transform(cfg.model))
+
+
 def write_countries(root: Path, n=600, classes=4, seed=0):
     """Blobs in the real CSV format: header ',long,lat,country', first column = original row index."""
     rng = np.random.default_rng(seed)

@@ -22,15 +22,15 @@ def fit_counting_graphs(overrides, tmp_path, monkeypatch):
     counters.clear()
     graphs = []
 
-    def count(self, row):
+    def count(self, *args):
         graphs.append(counters["stats"]["unique_graphs"])
-        DONE(self, row)
+        DONE(self, *args)
 
     monkeypatch.setattr(trainer.Progress, "done", count)
     cfg = validate(compose_cfg(["trainer.checkpoint=false", *overrides]))
-    splits = load(cfg.data, cfg.model)
+    splits = load(cfg.data)
     torch.manual_seed(cfg.seed)
-    hist = trainer.fit(build(cfg.model, splits)[1], splits, cfg, tmp_path, torch.device("cpu"), cfg.seed)
+    hist, = trainer.fit([trainer.Member(cfg, build(cfg.model, splits)[1], tmp_path)], splits, torch.device("cpu"))
     graphs.append(counters["stats"]["unique_graphs"])  # after the final test-set pass too
     return pd.DataFrame(hist.rows), graphs
 

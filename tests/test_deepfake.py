@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import compose_cfg, run_cli
+from conftest import compose_cfg, load_for, run_cli
 from expkit import features
 from expkit.data import images, load
 from expkit.errors import Skipped
@@ -71,7 +71,7 @@ def test_weights_are_loaded_from_the_file(folder, weights):
     from expkit.models import resnet18
 
     c = cfg(folder, "model=resnet18", "model.mode=finetune", f"model.weights_path={weights}")
-    model = resnet18.build(c.model, load(c.data, c.model))
+    model = resnet18.build(c.model, load_for(c))
     saved = torch.load(weights, weights_only=True)
     assert torch.equal(model.backbone.conv1.weight, saved["conv1.weight"])
     assert torch.equal(model.backbone.layer4[1].bn2.running_var, saved["layer4.1.bn2.running_var"])
@@ -79,37 +79,48 @@ def test_weights_are_loaded_from_the_file(folder, weights):
 
 @pytest.mark.parametrize("cached", [True, False])
 def test_linear_probe_trains_only_the_head_and_keeps_batchnorm_stats(folder, weights, tmp_path, cached):
-    from expkit.models import build
-    from expkit.trainers import torch as trainer
+    import json
+
+    from expkit.models import build, input_transform
+    from expkit.run import run
 
     c = cfg(folder, "model=resnet18", "model.mode=linear_probe", f"model.weights_path={weights}",
             f"model.feature_cache={str(cached).lower()}")
-    splits = load(c.data, c.model)
-    _, model = build(c.model, splits)
+    splits = load(c.data, input_transform(c.model))
+    torch.manual_seed(c.seed)
+    _, model = build(c.model, splits)  # what the run starts from
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer.fit(model, splits, c, tmp_path, torch.device("cpu"), 42)
-    after = model.state_dict()
+    summary = run(c, tmp_path / "r")
+    after = torch.load(tmp_path / "r" / "model.pt", weights_only=True)
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))  # incl. BN stats
     assert not torch.equal(before["head.weight"], after["head.weight"])
     model.train()
     assert model.training and not model.backbone.training
-    assert (splits.train.x.dim() == 2) == cached  # cached: the head trains on 512-d features
+    # cached: run.py swapped the images for 512-d frozen features, in plain sight, and said so
+    assert ("frozen ResNet18 features" in json.loads((tmp_path / "r" / "summary.json").read_text())["data"]) == cached
+    assert summary["status"] == "completed"
 
 
 def test_second_load_hits_decode_and_feature_caches(folder, weights, monkeypatch):
     from expkit.models import build
 
     c = cfg(folder, "model=sklearn_probe", f"model.weights_path={weights}", "data.resize=24")  # a fresh key
-    _, first = build(c.model, load(c.data, c.model))
+    from expkit.models import frozen_backbone
+
+    def probe(splits):  # what run.py does for a model that trains on frozen features
+        _, model = build(c.model, splits)
+        net, digest, _ = frozen_backbone(c.model, model)
+        return features.with_features(net, digest, splits)
+
+    probe(load_for(c))
 
     def boom(*a, **k):
         raise AssertionError("cache miss")
 
     monkeypatch.setattr(images, "decode_one", boom)
     monkeypatch.setattr(features, "extract", boom)
-    splits = load(c.data, c.model)  # no image decoded
-    build(c.model, splits)          # no backbone forward
-    assert splits.train.x.shape == (16, 512)
+    splits = load_for(c)  # no image decoded
+    assert probe(splits).train.x.shape == (16, 512)  # no backbone forward
 
 
 def test_decode_cache_key_follows_file_content(tmp_path):
@@ -124,7 +135,7 @@ def test_decode_cache_key_follows_file_content(tmp_path):
 
 def test_standin_layout_and_description():
     c = compose_cfg(["data=deepfake", "model=xgboost", "data.resize=16", "data.crop=8", "trainer.threads=1"])
-    s = load(c.data, c.model)
+    s = load_for(c)
     assert (len(s.train), len(s.val), len(s.test)) == (1400, 200, 400)
     assert s.train.y.mean() == 0.5 and s.train.x.dtype == torch.uint8 and s.train.x.shape[1:] == (3, 8, 8)
     assert "STAND-IN" in s.description
@@ -134,7 +145,7 @@ def test_missing_weights_is_skipped_with_the_place_to_put_them(folder, tmp_path,
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     c = cfg(folder, "model=resnet18", "model.mode=finetune")
     with pytest.raises(Skipped, match="resnet18-f37072fd.pth.*model.weights_path"):
-        load(c.data, c.model)
+        load_for(c)
 
 
 def _broken(root, what):

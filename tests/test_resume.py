@@ -13,8 +13,9 @@ import torch
 
 from conftest import ROOT, run_cli, write_countries
 
-# threads=1: the same float reductions in both runs, so "same metrics" can mean bit-identical
-SLOW = ["trainer.epochs=6", "trainer.batch_size=8", "trainer.threads=1", "optim.lr=0.01"]
+# threads=1: the same float reductions in both runs, so "same metrics" can mean bit-identical;
+# checkpoint_every_s=0: a checkpoint after every epoch (the default waits 30 s between saves)
+SLOW = ["trainer.epochs=6", "trainer.batch_size=8", "trainer.threads=1", "optim.lr=0.01", "trainer.checkpoint_every_s=0"]
 
 
 def _ckpt_epoch(path):
@@ -150,3 +151,19 @@ def test_killed_parallel_worker_is_a_failed_row_and_the_rerun_resumes(tmp_path):
     assert set(pd.read_csv(sweep / "results.csv").status) == {"completed"}
     resumed = [j for j in lost.job.astype(str) if "resumed from" in (sweep / j / "train.log").read_text()]
     assert resumed  # a lost job goes on from its checkpoint
+
+
+@pytest.mark.parametrize("every,saves", [(0, 3), (1e9, 0)])
+def test_checkpoints_are_written_by_elapsed_time(tmp_path, monkeypatch, every, saves):
+    """A checkpoint costs a write; it is made at the end of the first epoch that ends at least
+    trainer.checkpoint_every_s after the last one (never after the last epoch)."""
+    from conftest import compose_cfg
+    from expkit.run import run
+    from expkit.trainers import torch as trainer
+
+    data = write_countries(tmp_path / "d", n=200)
+    calls = []
+    real = trainer._save_checkpoint
+    monkeypatch.setattr(trainer, "_save_checkpoint", lambda m, epoch: calls.append(epoch) or real(m, epoch))
+    run(compose_cfg([f"data.root={data}", "trainer.epochs=4", f"trainer.checkpoint_every_s={every}"]), tmp_path / "r")
+    assert len(calls) == saves and calls == sorted(calls)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, compose_cfg, run_cli, write_countries
+from conftest import ROOT, compose_cfg, load_for, run_cli, write_countries
 from expkit.config import validate
-from expkit.data import Split, Splits, carve, load
+from expkit.data import Split, Splits, carve
 from expkit.errors import UserError
 from expkit.run import run
 
@@ -33,7 +33,7 @@ def load_as_run(*overrides, seed=42):
     c = cfg(*overrides, f"seed={seed}")
     np.random.seed(c.seed)
     torch.manual_seed(c.seed)
-    return load(c.data, c.model)
+    return load_for(c)
 
 
 def rows(split):

@@ -58,10 +58,11 @@ def data_schema(name):
     return _module(name).Conf
 
 
-def load(conf, model_conf=None) -> Splits:
-    """model_conf lets a data set pick the input transform a model needs (e.g. ResNet vs XGBoost)."""
+def load(conf, transform=None) -> Splits:
+    """transform: the image transform the model needs (expkit.models.input_transform), for data
+    sets that decode images (TAKES_TRANSFORM); the others have fixed inputs."""
     mod = _module(conf.name)
-    splits = mod.load(conf, model_conf) if getattr(mod, "WANTS_MODEL_CONF", False) else mod.load(conf)
+    splits = mod.load(conf, transform) if getattr(mod, "TAKES_TRANSFORM", False) else mod.load(conf)
     for part, s in splits.items():
         require(len(s) > 0, f"data split {part!r} is empty; check data.root")
         require(splits.split_info.get(part), f"data set {conf.name!r} does not say how its {part!r} split was made "

@@ -7,12 +7,11 @@ ship with scikit-learn and matplotlib: "real" = natural crops, "fake" = the same
 down-sampled and up-sampled the way GAN generators do (periodic up-sampling artifacts); it has
 its own train/ (1,400), val/ (200) and test/ (400) folders of separately drawn random crops.
 
-The input transform belongs to the model (`input_transform(model_conf)` in its module: ResNet
+The input transform belongs to the model (`input_transform(conf)` in its module, passed by run.py: ResNet
 pretrained = resize 256 + crop 224 + ImageNet normalisation, scratch = resize 224, xgboost =
 resize 224 + crop 64); data.resize / data.crop override its sizes (tests use tiny images).
 Images stay uint8 (decoded once, cached); `Splits.prepare` makes floats per batch on the device.
 """
-import importlib
 import logging
 import os
 import shutil
@@ -28,7 +27,7 @@ from expkit.data.images import Transform, list_folder, load_cached, make_prepare
 from expkit.errors import require
 
 log = logging.getLogger(__name__)
-WANTS_MODEL_CONF = True
+TAKES_TRANSFORM = True  # the model's input transform (run.py passes it)
 SPLITS = ("train", "val", "test")
 CLASSES = ("0_real", "1_fake")
 STANDIN = {"train": 1400, "val": 200, "test": 400}
@@ -44,14 +43,8 @@ class Conf:
     crop: Optional[int] = None    # override the model's centre crop
 
 
-def transform_for(conf, model_conf) -> Transform:
-    t = Transform(resize=224)  # a model without its own input transform: resize 224, [0, 1]
-    if model_conf is not None:
-        from expkit.models import MODELS
-
-        mod = importlib.import_module(MODELS[model_conf.name]) if model_conf.name in MODELS else None
-        if hasattr(mod, "input_transform"):
-            t = mod.input_transform(model_conf)  # may raise Skipped (e.g. no pretrained weights)
+def transform_for(conf, transform=None) -> Transform:
+    t = transform or Transform(resize=224)  # a model without its own input transform: resize 224, [0, 1]
     if conf.resize is not None:
         t = replace(t, resize=conf.resize)
     if conf.crop is not None:
@@ -61,10 +54,10 @@ def transform_for(conf, model_conf) -> Transform:
     return t
 
 
-def load(conf, model_conf=None) -> Splits:
+def load(conf, transform=None) -> Splits:
     import torch
 
-    t = transform_for(conf, model_conf)
+    t = transform_for(conf, transform)
     if conf.root:
         root = Path(conf.root).expanduser()
         require(root.is_dir(), f"data.root {root} is not a directory; it must hold {'/, '.join(SPLITS)}/ with 0_real/ and 1_fake/")

@@ -46,23 +46,24 @@ class Normalize:
 
 class FlipCrop:
     """Random horizontal flip and random crop after zero padding (black, as torchvision pads
-    the raw image), for a whole normalised NCHW batch at once; uses torch's global RNG."""
+    the raw image), for a whole normalised NCHW batch at once; draws from `generator` (each run's
+    own, seeded by its seed; torch's global RNG if None)."""
 
     def __init__(self, normalize: Normalize, pad=4):
         self.normalize, self.pad = normalize, pad
 
-    def __call__(self, x):
+    def __call__(self, x, generator=None):
         import torch
 
         b, c, h, w = x.shape
         p = self.pad
-        flip = torch.rand(b, device=x.device) < 0.5
+        flip = torch.rand(b, device=x.device, generator=generator) < 0.5
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         m, s = self.normalize.stats(x.device)
         padded = (-m / s).expand(b, c, h + 2 * p, w + 2 * p).clone()  # black after normalisation
         padded[:, :, p:p + h, p:p + w] = x
-        oy = torch.randint(0, 2 * p + 1, (b, 1), device=x.device) + torch.arange(h, device=x.device)
-        ox = torch.randint(0, 2 * p + 1, (b, 1), device=x.device) + torch.arange(w, device=x.device)
+        oy = torch.randint(0, 2 * p + 1, (b, 1), device=x.device, generator=generator) + torch.arange(h, device=x.device)
+        ox = torch.randint(0, 2 * p + 1, (b, 1), device=x.device, generator=generator) + torch.arange(w, device=x.device)
         rows = torch.arange(b, device=x.device).view(b, 1, 1)
         out = padded.permute(0, 2, 3, 1)[rows, oy.view(b, h, 1), ox.view(b, 1, w)]  # b, h, w, c
         return out.permute(0, 3, 1, 2).contiguous()

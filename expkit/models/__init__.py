@@ -23,6 +23,24 @@ def model_schema(name):
     return _module(name).Conf
 
 
+def model_kind(name):
+    return _module(name).KIND
+
+
+def input_transform(conf):
+    """The image transform a model needs (e.g. a pretrained ResNet's own), or None. It may raise
+    Skipped (pretrained weights not on this machine) before any image is decoded."""
+    mod = _module(conf.name)
+    return mod.input_transform(conf) if hasattr(mod, "input_transform") else None
+
+
+def frozen_backbone(conf, model):
+    """(backbone, weights digest, the part that trains) when this model trains on cached frozen
+    features (a linear probe, sklearn_probe), else None: run.py swaps the inputs for features."""
+    mod = _module(conf.name)
+    return mod.frozen_backbone(conf, model) if hasattr(mod, "frozen_backbone") else None
+
+
 def build(conf, splits):
     """Return (kind, model)."""
     mod = _module(conf.name)

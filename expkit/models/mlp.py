@@ -40,6 +40,8 @@ class Standardize(nn.Module):
     """(x - mean) / std with the training set's statistics, fixed (model.standardize=true; off by
     default: the course's studies feed raw coordinates)."""
 
+    member_tiled_buffers = ("mean", "std")  # per input feature: a fused stack tiles them (expkit/stack.py)
+
     def __init__(self, mean, std):
         super().__init__()
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))

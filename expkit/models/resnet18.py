@@ -127,8 +127,12 @@ def build(conf, splits):
             f"model=resnet18 needs RGB images (3 x H x W), got inputs of shape {shape}; use it with data=deepfake")
     net, digest = backbone(conf, pretrained=conf.mode != "scratch")
     model = _classifier_class()(net, frozen=conf.mode == "linear_probe")
-    if conf.mode == "linear_probe" and conf.feature_cache:
-        from expkit.features import use_features
-
-        use_features(net, digest, splits)  # the splits now hold 512-d features; the head trains on them
+    model.weights_digest = digest
     return model
+
+
+def frozen_backbone(conf, model):
+    """A linear probe with the feature cache trains only its head, on cached frozen features."""
+    if conf.mode == "linear_probe" and conf.feature_cache:
+        return model.backbone, model.weights_digest, model.head
+    return None

@@ -4,16 +4,21 @@ results_by_config.csv and results_by_config.md.
 
 Works on any directory of runs: a sweep dir (numbered job dirs), a single run dir, or several
 sweeps merged: `python -m expkit.report DIR [DIR ...] [--out DIR]`.
+
+The helpers the plots share (swept_keys, config_groups, pm, to_markdown, ...) live in tables.py and
+are importable from here too. Nothing here imports the plotting code at import time: build_report
+draws through kinds.draw, imported when it runs.
 """
 import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
 from expkit.cache import atomic_write
+from expkit.report.tables import (  # noqa: F401  (swept_keys, pm, to_markdown, ...: importable from here too)
+    SEED, _finite, _mean_std, config_groups, config_keys, pm, seed_varies, swept_keys, to_markdown)
 
 log = logging.getLogger(__name__)
 METRICS = ["train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss"]
@@ -91,42 +96,10 @@ def collect(roots):
     return df
 
 
-def swept_keys(df):
-    cols = list(df.columns)
-    return cols[cols.index("job") + 1:cols.index("status")]
-
-
 # ---- results over seeds: one row per configuration = per combination of the swept keys but seed ----
 
-SEED = "seed"
 OK = ("completed", "diverged")  # jobs with a result; the others (failed, skipped, unfinished) count as failed
 AGG = METRICS + ["best_val_acc", "best_test_acc", "wall_time_s"]
-
-
-def config_keys(df):
-    """The swept keys that define a configuration: all but the seed."""
-    return [k for k in swept_keys(df) if k != SEED]
-
-
-def seed_varies(df):
-    return len(df) > 0 and SEED in swept_keys(df)  # collect() keeps only the swept keys that vary
-
-
-def config_groups(df, keys=None):
-    """[(config values, [row index, ...])] in order of first appearance; a missing value is its own value.
-    Jobs group only when they differ in seed: without a swept seed, every job is its own group."""
-    if not seed_varies(df):
-        return [((str(i),), [i]) for i in df.index]
-    keys = config_keys(df) if keys is None else keys
-    groups = {}
-    for i, vals in zip(df.index, df[keys].astype(str).itertuples(index=False, name=None)):
-        groups.setdefault(tuple(vals), []).append(i)
-    return list(groups.items())
-
-
-def _finite(values):
-    v = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").astype(float)
-    return v[np.isfinite(v)]
 
 
 def _summaries(df):
@@ -143,11 +116,6 @@ def _summaries(df):
             "failed": len(g) - len(ok),
             "values": {m: _finite(ok[m]) for m in AGG if m in g},
         }
-
-
-def _mean_std(v):
-    """Mean and sample std (ddof 1) over seeds; the std is NaN with fewer than two values."""
-    return (v.mean() if len(v) else np.nan), (v.std(ddof=1) if len(v) > 1 else np.nan)
 
 
 def by_config(df):
@@ -167,14 +135,6 @@ def by_config(df):
     return out.drop(columns=[f"{m}_{x}" for m in empty for x in ("mean", "std")])
 
 
-def pm(mean, std, digits=4):
-    """'0.9123 ± 0.0045' ('0.9123' without a std; '' without a mean)."""
-    if mean != mean:
-        return ""
-    f = (lambda x: f"{x:.{digits}f}") if abs(mean) < 1000 else (lambda x: f"{x:.0f}")
-    return f(mean) + ("" if std != std else f" ± {f(std)}")
-
-
 def by_config_markdown(df):
     """The .md of results_by_config: mean ± std strings; '(k/n)' where only k of the n seeds had a value."""
     table = by_config(df)
@@ -192,17 +152,6 @@ def by_config_markdown(df):
             "n: seeds with a result (completed or diverged); failed: jobs without one (failed, skipped, "
             "unfinished), left out of the means; (k/n): only k seeds had a finite value.\n\n")
     return head + to_markdown(t.astype(object))
-
-
-def to_markdown(df):
-    def fmt(v):
-        if isinstance(v, float):
-            return "" if v != v else (f"{v:.4f}" if abs(v) < 1000 else f"{v:.0f}")
-        return str(v).replace("|", "/").replace("\n", " ")[:120]
-
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
 
 
 def write_table(root, roots=None, out=None):
@@ -250,7 +199,7 @@ def study_name(roots):
 def build_report(root, roots=None, out=None, plots=None, study=None):
     """Table (+ results_by_config when seeds vary) + the preset's plots for a sweep (or merged
     sweeps); plot titles name the study (`name` of the sweep's config unless given). Returns the table."""
-    from expkit.report.plots import draw
+    from expkit.report.kinds import draw  # here, not at the top: the tables never load the plotting code
 
     root = Path(root)
     out = Path(out or root)

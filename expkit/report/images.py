@@ -1,6 +1,7 @@
 """Sweep reports for image-classification baselines, from saved files only (summary.json,
 predictions.csv): a ranking table, and a grid of test images the best job gets right and the
-worst gets wrong. Named in a preset's report.plots as {kind: ranking} / {kind: image_grid}."""
+worst gets wrong. Named in a preset's report.plots as {kind: ranking} / {kind: image_grid}.
+The grid is written by plots.savefig, looked up when drawing (replacing it there catches it)."""
 import json
 import logging
 from pathlib import Path
@@ -8,6 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from expkit.cache import atomic_write
+from expkit.report.registry import register
+from expkit.report.tables import _finite, _mean_std, config_groups, pm, to_markdown
 
 log = logging.getLogger(__name__)
 
@@ -15,8 +18,6 @@ log = logging.getLogger(__name__)
 def _jobs(df, paths):
     """One record per job: baseline (model, or resnet mode), lr (torch models only), metrics, status,
     and its configuration (the swept keys but seed)."""
-    from expkit.report.aggregate import config_groups
-
     config = {df.index.get_loc(i): key for key, idx in config_groups(df) for i in idx}
     out = []
     for pos, (row, p) in enumerate(zip(df.to_dict("records"), paths)):
@@ -50,8 +51,6 @@ def _configs(done):
     """The finished jobs grouped by configuration, in order of first appearance: one record each
     with the mean (and sample std) over its seeds of test/val accuracy and wall time, n seeds,
     its jobs, and the first seed's path and seed (whose predictions stand for the configuration)."""
-    from expkit.report.aggregate import _finite, _mean_std
-
     grouped = {}
     for j in done:
         grouped.setdefault(j["config"], []).append(j)
@@ -64,12 +63,11 @@ def _configs(done):
     return out
 
 
+@register("ranking")
 def ranking(df, paths, out, per_baseline=2, study=None):
     """ranking.csv / ranking.md: the best two configurations of each baseline by test accuracy (the
     mean over seeds ± std when there are several), the worst overall, and the jobs that did not run
     (skipped/failed, with the reason)."""
-    from expkit.report.aggregate import pm
-
     jobs = _jobs(df, paths)
     done = _configs(_done(jobs))
     several = any(c["n"] > 1 for c in done)
@@ -87,8 +85,6 @@ def ranking(df, paths, out, per_baseline=2, study=None):
     table = pd.DataFrame(rows, columns=cols)
     table["lr"] = [f"{v:g}" if v == v and v is not None else "" for v in table.lr]
     atomic_write(out / "ranking.csv", lambda tmp: table.to_csv(tmp, index=False))
-    from expkit.report.aggregate import to_markdown
-
     shown = table.astype(object).where(table.notna(), "")
     if several:  # "mean ± std" strings over the seeds
         for m in ("test_acc", "val_acc"):
@@ -106,14 +102,15 @@ def ranking(df, paths, out, per_baseline=2, study=None):
     atomic_write(out / "ranking.md", lambda tmp: tmp.write_text(text))
 
 
+@register("image_grid")
 def image_grid(df, paths, out, n=5, name="image_grid.png", study=None):
     """n test images the best job (test accuracy) classifies right and the worst gets wrong; with
     several seeds, the best and worst configuration by mean test accuracy, each by its first seed's
     predictions (the title says which seed)."""
-    import matplotlib.pyplot as plt
     from PIL import Image
 
-    from expkit.report.plots import savefig
+    from expkit.report import plots  # matplotlib: only when a grid is drawn
+    from expkit.report.plots import plt
 
     done = _configs(_done(_jobs(df, paths)))
     if len(done) < 2:
@@ -143,12 +140,10 @@ def image_grid(df, paths, out, n=5, name="image_grid.png", study=None):
         ax.set_yticks([])
 
     def label(j):
-        from expkit.report.aggregate import pm
-
         acc = (f"mean test acc {pm(j['test_acc'], j['test_acc_std'], 3)} over {j['n']} seeds; images: seed {j['seed']}"
                if j["n"] > 1 else f"test acc {j['test_acc']:.3f}")
         return f"{j['baseline']}" + (f" lr {j['lr']:g}" if j["lr"] else "") + f" ({acc})"
 
     fig.suptitle(f"{study + ': ' if study else ''}{len(pick)} test images the best model gets right and the worst "
                  f"gets wrong\nright by best: {label(best)}\nwrong by worst: {label(worst)}", fontsize=9)
-    savefig(fig, out / name)
+    plots.savefig(fig, out / name)

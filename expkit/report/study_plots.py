@@ -5,38 +5,35 @@ vs_n_train     metrics vs the real training-set size (summary.json n_train; a si
 kernels        the first conv layer's kernels, one row per job (e.g. per seed), from model.pt
 smallest_width accuracy vs hidden width (+ a linear baseline), and the smallest width that
                reaches a threshold, written to smallest_width.md
+
+Figures are written by plots.savefig, looked up when drawing (replacing it there catches them all).
 """
 import json
 
-import matplotlib
+import numpy as np
+import yaml
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
+from expkit.report import plots
+from expkit.report.plots import _ok, band, groups, plt, seed_note, title
+from expkit.report.registry import register
+from expkit.report.tables import _finite, _mean_std, pm, swept_keys, to_markdown
 
 LABELS = {"test_acc": "test accuracy", "wall_time_s": "training time (s)", "val_acc": "val accuracy"}
 
 
 def _jobs(df, paths):
-    from expkit.report.plots import _ok
-
     return _ok(df, paths)
 
 
 def _stats(values):
     """Mean and sample std over seeds of the finite values."""
-    from expkit.report.aggregate import _finite, _mean_std
-
     return _mean_std(_finite(values))
 
 
+@register("vs_n_train")
 def vs_n_train(df, paths, out, metrics=("test_acc", "wall_time_s"), study=None):
     """Per configuration (several seeds: mean ± std): metrics vs the real training-set size."""
     import pandas as pd
-
-    from expkit.report.aggregate import pm, to_markdown
-    from expkit.report.plots import band, groups, savefig, title
 
     grouped = groups(df, paths)
     rows, several = [], any(len(m) > 1 for _, m in grouped)
@@ -60,7 +57,7 @@ def vs_n_train(df, paths, out, metrics=("test_acc", "wall_time_s"), study=None):
         ax.set(xlabel="training examples", ylabel=LABELS.get(m, m))
         ax.set_title(title(study, f"{LABELS.get(m, m)} vs training-set size", grouped), fontsize=10, wrap=True)
         ax.grid(alpha=0.3)
-        savefig(fig, out / f"{m}_vs_n_train.png")
+        plots.savefig(fig, out / f"{m}_vs_n_train.png")
 
 
 def first_conv(state):
@@ -68,12 +65,10 @@ def first_conv(state):
     return next((v for k, v in state.items() if k.endswith("weight") and v.ndim == 4), None)
 
 
+@register("kernels")
 def kernels(df, paths, out, name="first_layer_kernels.png", max_filters=16, study=None):
     """The first conv layer's kernels, one row per job (each seed its own row)."""
     import torch
-
-    from expkit.report.aggregate import swept_keys
-    from expkit.report.plots import savefig
 
     found = []
     for row, p, label in _jobs(df, paths):
@@ -100,15 +95,13 @@ def kernels(df, paths, out, name="first_layer_kernels.png", max_filters=16, stud
     keys = swept_keys(df)
     per = f"one row per job ({', '.join(keys)})" if keys else "one row per job"
     fig.suptitle(f"{study + ': ' if study else ''}first conv layer's kernels, {per}; red +, blue -", fontsize=10)
-    savefig(fig, out / name)
+    plots.savefig(fig, out / name)
 
 
+@register("smallest_width")
 def smallest_width(df, paths, out, threshold=0.99, metric="test_acc", study=None):
     """metric vs hidden width (+ the other models as baselines), per configuration; several seeds:
     mean ± std, and the smallest width whose MEAN reaches the threshold."""
-    from expkit.report.aggregate import pm
-    from expkit.report.plots import band, groups, savefig, seed_note
-
     grouped = groups(df, paths)
     widths, baselines = [], []
     for label, members in grouped:
@@ -145,7 +138,7 @@ def smallest_width(df, paths, out, threshold=0.99, metric="test_acc", study=None
                  f"(other models dashed) {seed_note(grouped)}\n{verdict}".replace("  ", " "), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    savefig(fig, out / "accuracy_vs_width.png")
+    plots.savefig(fig, out / "accuracy_vs_width.png")
 
 
-STUDY_PLOTS = {"vs_n_train": vs_n_train, "kernels": kernels, "smallest_width": smallest_width}
+STUDY_PLOTS = {"vs_n_train": vs_n_train, "kernels": kernels, "smallest_width": smallest_width}  # also in registry.PLOTS
