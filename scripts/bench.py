@@ -1,15 +1,20 @@
-"""expkit speed figures P1..P5, each a ratio or wall time measured in this one run.
+"""expkit speed figures, each a ratio against a reference measured in this same run.
 
     python scripts/bench.py [--countries ../shared/data/countries] [--epochs 3] [--threads 1]
-                            [--p4 [PRESET ...]] [--launcher fused]
+                            [--only P1 P2 ...] [--p4 [PRESET ...]] [--launcher fused]
 
-P1 expkit trainer vs the course-style loop, s/epoch (scripts/bench_mlp.py)   target >= 5x, acc +-1 point
-P2 fused 4-lr sweep (ex4/lr) vs one member alone and vs 4 sequential runs    target <= 1.5x one member
-P3 linear-probe lr sweep with the feature cache vs without (scripts/bench_probe.py)  target <= 1.5x one run
-P4 ex4 MLP presets at their epochs, wall time (opt-in: --p4, minutes)       target < 15 min
-P5 `python train.py --help` wall time                                        target < 1.5 s
+P1     `python train.py data.root=... model.batchnorm=true` (checkpointing on), s/epoch, vs the
+       course-style loop (DataLoader, val + test every epoch, batch 1024)      target >= 5x faster
+P2     K = 4 lrs fused vs one member; K = 16 seeds fused vs one member        target <= 1.3x; <= 2x
+P2-CNN hw6/synth_kernels, 8 seeds fused vs one seed                           target <= 2.5x
+P3     linear-probe lr sweep with the feature cache vs one run without (scripts/bench_probe.py)
+P4     ex4 MLP presets at their epochs, wall time (opt-in: --p4, minutes)     target < 15 min
+P5     `python train.py --help` vs `python -c "import torch"`, whole process
+P6     a 1-epoch countries run from the command line, whole process, vs `python -c "import torch"`
+                                                                               target <= 2x
 """
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -20,74 +25,85 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "tests"))
 PRESETS = ["lr", "epochs", "batchnorm", "batch_size", "depth_width", "gradients", "gradients_fixed", "implicit"]
-LRS = [1, 0.01, 0.001, 0.00001]  # ex4/lr
+
+
+def cli(*args):
+    """Wall seconds of one `python ARGS` in ROOT (a whole process, as a user pays it)."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, check=True)
+    return time.perf_counter() - t0
 
 
 def p1(countries, epochs):
     import bench_mlp
 
-    _, ratio, gap = bench_mlp.compare(countries, epochs)
-    return f"P1 {ratio:.1f}x faster per epoch than the course loop, test acc gap {gap:.2f} points " \
-           f"(target >= 5x, <= 1 point) [{epochs} epochs, 6x16+BN, batch 256]", ratio >= 5 and gap <= 1
+    results, _, gap = bench_mlp.compare(countries, epochs)  # the course loop, in this process
+    course = results["course"][0]
+    with tempfile.TemporaryDirectory() as tmp:
+        cli("train.py", f"data.root={countries}", "model.batchnorm=true", f"trainer.epochs={epochs}",
+            f"hydra.run.dir={tmp}/r")
+        s = json.loads(Path(f"{tmp}/r/summary.json").read_text())
+    ours = s["time_per_epoch_s"]  # fit wall time / epochs: checkpoint writes included
+    ratio = course / ours
+    return (f"P1 command line {ours:.3f} s/epoch vs course loop {course:.3f}: {ratio:.1f}x faster (target >= 5x); "
+            f"test acc {s['final']['test_acc']:.4f}, course-loop gap {gap:.2f} points [{epochs} epochs, 6x16+BN, "
+            f"batch 256, checkpointing on]", ratio >= 5)
 
 
-def p2(countries, epochs):
-    """ex4/lr as trainers see it: 4 Adam lrs, 6x16 MLP, batch 256, on the countries CSVs."""
+def fit_time(overrides, n_members, vary):
+    """Seconds to train n_members (differing in `vary`: 'optim.lr' or 'seed') as one stack."""
     import torch
 
-    sys.path.insert(0, str(ROOT / "tests"))
     from conftest import compose_cfg
     from expkit.config import validate
     from expkit.data import load
     from expkit.models import build
-    from expkit.trainers import fused, torch as plain
+    from expkit.trainers import torch as trainer
 
-    data = [f"data.root={countries}"] if countries else []
-    cfgs = [validate(compose_cfg(data + [f"optim.lr={lr}", f"trainer.epochs={epochs}", "trainer.checkpoint=false"]))
-            for lr in LRS]
+    values = {"optim.lr": [1, 0.01, 0.001, 0.0001], "seed": list(range(1, 17))}[vary][:n_members]
+    cfgs = [validate(compose_cfg([*overrides, f"{vary}={v}", "trainer.checkpoint=false"])) for v in values]
     splits = load(cfgs[0].data)
-
-    def model(c):
+    members = []
+    for c in cfgs:
         torch.manual_seed(c.seed)
-        return build(c.model, splits)[1]
-
-    def alone(c):
-        t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            plain.fit(model(c), splits, c, Path(tmp), torch.device("cpu"), c.seed)
-        return time.perf_counter() - t0
-
-    alone(cfgs[2])  # warm-up: first-call costs (lazy imports, allocator) would count against "one"
-    times = [alone(c) for c in cfgs]
-    one, seq = times[2], sum(times)  # one = lr 0.001, a member that trains all epochs
+        members.append(trainer.Member(c, build(c.model, splits)[1], Path(tempfile.mkdtemp())))
     t0 = time.perf_counter()
-    hists = fused.fit([model(c) for c in cfgs], splits, cfgs, torch.device("cpu"))
-    group = time.perf_counter() - t0
-    ran = [len(h.rows) for h in hists]  # a diverging member leaves the group early (cheaper)
-    print(f"   one member {one:.2f}s, 4 sequential {seq:.2f}s, fused 4 lrs {group:.2f}s (epochs run per lr: {ran})")
-    return (f"P2 fused 4-lr sweep = {group / one:.2f}x one member, {seq / group:.1f}x faster than 4 sequential "
-            f"runs (target <= 1.5x one member) [{epochs} epochs, 6x16, Adam, lr {LRS}]", group / one <= 1.5)
+    trainer.fit(members, splits, torch.device("cpu"))
+    return time.perf_counter() - t0
+
+
+def p2(countries, epochs):
+    data = [f"data.root={countries}"] if countries else []
+    base = [*data, f"trainer.epochs={epochs}"]
+    fit_time(base, 1, "optim.lr")  # warm-up: first-call costs would count against "one"
+    one = fit_time(base + ["optim.lr=0.001"], 1, "seed")
+    four = fit_time(base, 4, "optim.lr")
+    sixteen = fit_time(base, 16, "seed")
+    print(f"   one member {one:.2f}s, 4 lrs fused {four:.2f}s, 16 seeds fused {sixteen:.2f}s")
+    ok = four / one <= 1.3 and sixteen / one <= 2
+    return (f"P2 4 lrs fused = {four / one:.2f}x one member (target <= 1.3x); 16 seeds = {sixteen / one:.2f}x "
+            f"(target <= 2x) [{epochs} epochs, 6x16, Adam, batch 256]", ok)
+
+
+def p2_cnn(epochs):
+    base = ["experiment=hw6/synth_kernels", f"trainer.epochs={epochs}"]
+    fit_time(base, 1, "seed")  # warm-up
+    one, eight = fit_time(base, 1, "seed"), fit_time(base, 8, "seed")
+    print(f"   one seed {one:.2f}s, 8 seeds fused {eight:.2f}s")
+    return (f"P2-CNN hw6/synth_kernels 8 seeds fused = {eight / one:.2f}x one seed (target <= 2.5x) "
+            f"[{epochs} epochs, batch 50]", eight / one <= 2.5)
 
 
 def p3():
-    probe = ROOT / "scripts" / "bench_probe.py"
-    if not probe.exists():
-        return "P3 pending (scripts/bench_probe.py, the linear-probe feature-cache benchmark, is not there yet)", None
-    r = subprocess.run([sys.executable, str(probe)], cwd=ROOT, capture_output=True, text=True)
-    note = ""
-    if r.returncode and "weights" in r.stderr:
-        # no ImageNet file here: time the same code with a random-init file (cache speed does not
-        # depend on the weight values; accuracies would be meaningless and are not reported)
-        note = " [random-init weights, 64 images per split: timing only]"
-        r = subprocess.run([sys.executable, str(probe), "--random-weights", "--limit", "64"], cwd=ROOT,
-                           capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "scripts/bench_probe.py", "--random-weights", "--limit", "64"], cwd=ROOT,
+                       capture_output=True, text=True)
     lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
     print("\n".join("   " + ln for ln in lines[:-1]))
     if r.returncode or not lines:
-        why = (r.stderr.strip().splitlines() or ["no output"])[-1][:300]
-        return f"P3 not measured: scripts/bench_probe.py exit {r.returncode}: {why}", None
-    return lines[-1] + note, None
+        return f"P3 not measured: scripts/bench_probe.py exit {r.returncode}: {(r.stderr.strip().splitlines() or [''])[-1][:300]}", None
+    return lines[-1] + " [random-init weights file, 64 images per split: timing only]", None
 
 
 def p4(countries, presets, launcher, threads):
@@ -102,51 +118,57 @@ def p4(countries, presets, launcher, threads):
             dt = time.perf_counter() - t0
             total += dt
             print(f"   ex4/{p}: {dt:.0f}s{'' if r.returncode == 0 else f' (exit {r.returncode})'}")
-    names = "all ex4 MLP presets" if presets == PRESETS else f"ex4/{{{','.join(presets)}}}"
-    return (f"P4 {names}: {total / 60:.1f} min (target < 15 min) [launcher {launcher or 'basic'}]",
+    return (f"P4 ex4/{{{','.join(presets)}}}: {total / 60:.1f} min (target < 15 min) [launcher {launcher or 'basic'}]",
             total < 900 if presets == PRESETS else None)
 
 
-def p5():
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, check=True)
-        times.append(time.perf_counter() - t0)
-    t = statistics.median(times)
-    return f"P5 `python train.py --help`: {t:.2f}s (median of 3; target < 1.5 s)", t < 1.5
+def p5_p6(countries):
+    torch_s = statistics.median(cli("-c", "import torch") for _ in range(3))
+    help_s = statistics.median(cli("train.py", "--help") for _ in range(3))
+    data = [f"data.root={countries}"] if countries else []
+    with tempfile.TemporaryDirectory() as tmp:
+        run_s = statistics.median(cli("train.py", *data, "trainer.epochs=1", f"hydra.run.dir={tmp}/{i}")
+                                  for i in range(3))
+    print(f"   python -c 'import torch' {torch_s:.2f}s, train.py --help {help_s:.2f}s, 1-epoch run {run_s:.2f}s")
+    return [(f"P5 `python train.py --help` {help_s:.2f}s = {help_s / torch_s:.2f}x `import torch` (median of 3)", None),
+            (f"P6 1-epoch countries run {run_s:.2f}s = {run_s / torch_s:.2f}x `python -c 'import torch'` "
+             f"{torch_s:.2f}s (target <= 2x; median of 3)", run_s / torch_s <= 2)]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--countries", type=Path, default=ROOT.parent / "shared" / "data" / "countries")
-    ap.add_argument("--epochs", type=int, default=5, help="epochs for P1 and P2 (fewer: the accuracy gap is mostly shuffling noise)")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs for P1 and P2 (P2-CNN: 2)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (P1, P2; P4 via trainer.threads)")
+    ap.add_argument("--only", nargs="*", default=["P1", "P2", "P2-CNN", "P3", "P5", "P6"],
+                    choices=["P1", "P2", "P2-CNN", "P3", "P5", "P6"])
     ap.add_argument("--p4", nargs="*", choices=PRESETS, help="run P4 (all presets, or the ones named)")
     ap.add_argument("--launcher", default=None, help="P4's hydra/launcher, e.g. fused")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["P1", "P2", "P3", "P5"])
     args = ap.parse_args()
+    import os
     import platform
 
     import torch
 
     torch.set_num_threads(args.threads)
     have = (args.countries / "train.csv").exists()
-    print(f"machine: {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores, torch {torch.__version__}, "
-          f"{args.threads} thread(s); countries: {args.countries if have else 'absent'}")
+    countries = args.countries if have else None
+    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, "
+          f"{args.threads} thread(s); countries: {countries or 'absent (embedded data)'}")
+    steps = {"P1": lambda: [p1(countries, args.epochs) if have else ("P1 skipped: needs the countries CSVs", None)],
+             "P2": lambda: [p2(countries, args.epochs)], "P2-CNN": lambda: [p2_cnn(2)], "P3": lambda: [p3()],
+             "P5": lambda: p5_p6(countries)}
+    if "P6" in args.only and "P5" not in args.only:
+        args.only.append("P5")
     results = []
-    steps = [("P1", lambda: p1(args.countries, args.epochs) if have else
-              (f"P1 skipped: no countries CSVs at {args.countries} (--countries DIR)", None)),
-             ("P2", lambda: p2(args.countries if have else None, args.epochs)), ("P3", p3), ("P5", p5)]
-    if args.p4 is not None:  # last: it takes minutes
-        steps.append(("P4", lambda: p4(args.countries if have else None, args.p4 or PRESETS, args.launcher, args.threads)))
-    for name, fn in steps:
-        if name in args.skip:
-            continue
+    for name in [s for s in steps if s in args.only]:
         print(f"{name} ...", flush=True)
-        line, ok = fn()
-        results.append((line, ok))
-        print(line, flush=True)
+        for line, ok in steps[name]():
+            results.append((line, ok))
+            print(line, flush=True)
+    if args.p4 is not None:  # last: it takes minutes
+        results.append(p4(countries, args.p4 or PRESETS, args.launcher, args.threads))
+        print(results[-1][0])
     print("\nsummary:")
     for line, ok in results:
         print(f"  [{'met' if ok else 'MISSED' if ok is False else '-'}] {line}")

@@ -36,22 +36,22 @@ def subset(splits, n, seed=0):
 
 
 def one_run(cfg, splits, lr, run_dir):
-    """Build + train one linear probe at lr on a private copy of the splits; returns seconds."""
+    """Build + train one linear probe at lr, as expkit.run.run_group does; returns seconds."""
     import torch
     from omegaconf import OmegaConf
 
-    from expkit.models import build
+    from expkit.features import with_features
+    from expkit.models import build, frozen_backbone
     from expkit.trainers import torch as trainer
 
     cfg = copy.deepcopy(cfg)
     OmegaConf.set_readonly(cfg, False)
     cfg.optim.lr = lr
-    s = copy.copy(splits)
-    for part, split in splits.items():
-        setattr(s, part, copy.copy(split))
     t0 = time.perf_counter()
-    _, model = build(cfg.model, s)
-    trainer.fit(model, s, cfg, run_dir, torch.device("cpu"), cfg.seed)
+    _, model = build(cfg.model, splits)
+    probe = frozen_backbone(cfg.model, model)  # feature_cache=true: train the head on cached features
+    s, net = (with_features(probe[0], probe[1], splits), probe[2]) if probe else (splits, model)
+    trainer.fit([trainer.Member(cfg, net, run_dir)], s, torch.device("cpu"))
     return time.perf_counter() - t0
 
 
@@ -69,6 +69,7 @@ def main():
 
     from expkit.config import validate
     from expkit.data import load
+    from expkit.models import input_transform
 
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench_probe_"))
@@ -85,7 +86,7 @@ def main():
     overrides += [f"model.weights_path={weights}"] if weights else []
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = validate(compose(config_name="config", overrides=overrides))
-    splits = subset(load(cfg.data, cfg.model), args.limit)  # decode (or decode cache) before timing
+    splits = subset(load(cfg.data, input_transform(cfg.model)), args.limit)  # decode (or decode cache) before timing
     print(f"data: {splits.description}\nsizes: train {len(splits.train)}, val {len(splits.val)}, "
           f"test {len(splits.test)}; threads {args.threads}")
 

@@ -1,0 +1,159 @@
+"""One training path for one or many members: any same-shaped torch models fuse (MLP, CNN,
+ResNet18 in every mode), each member equals its separate run, and groups checkpoint and resume.
+
+Tolerance for equivalence: a stacked member runs the same arithmetic as its separate run in
+another float summation order (batched / grouped kernels), so results agree to rounding that a
+few training steps barely amplify on these tiny sets: losses 1e-4 relative+absolute (observed
+< 1e-6), accuracies to one sample.
+"""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import compose_cfg, load_for, run_cli
+from expkit.config import validate
+from expkit.models import build
+from expkit.run import run_group
+from expkit.stack import stack, unstack
+from expkit.trainers import torch as trainer
+from test_deepfake import folder, weights  # noqa: F401  (fixtures)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+def close(a, b, n_eval):
+    for c in ("train_loss", "val_loss", "test_loss"):
+        np.testing.assert_allclose(a[c], b[c], rtol=1e-4, atol=1e-4, err_msg=c)
+    for c in ("train_acc", "val_acc", "test_acc"):
+        np.testing.assert_allclose(a[c], b[c], atol=1.01 / n_eval, err_msg=c)
+
+
+def group_vs_alone(overrides, values, tmp_path):
+    """Members differing in (key, value) pairs, trained as one stack and one by one."""
+    cfgs = [validate(compose_cfg([*overrides, *v, "trainer.checkpoint=false"])) for v in values]
+    splits = load_for(cfgs[0])
+
+    def built(c):
+        torch.manual_seed(c.seed)
+        return build(c.model, splits)[1]
+
+    group = trainer.fit([trainer.Member(c, built(c), tmp_path / f"g{k}") for k, c in enumerate(cfgs)], splits,
+                        torch.device("cpu"))
+    for k, c in enumerate(cfgs):
+        alone, = trainer.fit([trainer.Member(c, built(c), tmp_path / f"a{k}")], splits, torch.device("cpu"))
+        close(pd.DataFrame(group[k].rows), pd.DataFrame(alone.rows), len(splits.val))
+        np.testing.assert_allclose(group[k].test_probs, alone.test_probs, atol=1e-4)
+    assert group[0].rows[-1]["train_loss"] != group[1].rows[-1]["train_loss"]  # really different members
+    return group
+
+
+def test_cnn_members_equal_separate_runs(tmp_path):
+    group_vs_alone(["data=synth_edges", "data.n=300", "model=cnn", "model.convs=[{filters: 3, kernel: 5, pool: 2}]",
+                    "trainer.epochs=2", "trainer.batch_size=32", "optim=sgd", "optim.lr=0.01", "optim.momentum=0.9"],
+                   [["seed=1"], ["seed=2", "optim.lr=0.03"], ["seed=3"]], tmp_path)
+
+
+def test_resnet18_finetune_members_equal_separate_runs(folder, weights, tmp_path):  # noqa: F811
+    group_vs_alone(["data=deepfake", f"data.root={folder}", "data.resize=20", "data.crop=16", "model=resnet18",
+                    "model.mode=finetune", f"model.weights_path={weights}", "trainer.epochs=1", "trainer.batch_size=8"],
+                   [["optim.lr=0.001"], ["optim.lr=0.0001"]], tmp_path)
+
+
+def test_stack_and_unstack_are_exact_for_every_layer_kind():
+    import torchvision
+
+    from expkit.models.mlp import MLP
+    from expkit.stack import interleave, split_members
+
+    for make, shape in [(lambda: MLP(2, 5, [8, 8], batchnorm=True, stats=(torch.ones(2), torch.ones(2) * 3)), (2,)),
+                        (lambda: MLP(2, 5, [8], encoding="sines"), (2,)),
+                        (lambda: torchvision.models.resnet18(num_classes=3), (3, 16, 16))]:
+        models = []
+        for s in range(3):
+            torch.manual_seed(s)
+            models.append(make().eval())
+        st = stack(models).eval()
+        x = torch.randn(3, 4, *shape)
+        with torch.no_grad():
+            out = split_members(st(interleave(x)), 3)
+            ref = torch.stack([m(x[k]) for k, m in enumerate(models)])
+        assert (out - ref).abs().max() < 1e-4
+        for k, m in enumerate(models):
+            back = unstack(st, k, m)
+            assert all(torch.equal(back[n], v) for n, v in m.state_dict().items())
+
+
+def test_a_layer_without_a_stacked_form_is_refused():
+    from expkit.stack import NotStackable
+
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            return x * self.w
+
+    with pytest.raises(NotStackable, match="Odd has parameters but no stacked form"):
+        stack([Odd(), Odd()])
+
+
+def test_synth_kernels_seed_sweep_trains_one_group_of_4_and_leaves_4_run_dirs(tmp_path):
+    out = tmp_path / "s"
+    r = run_cli("-m", "experiment=hw6/synth_kernels", "seed=1,2,3,4", "hydra/launcher=fused", "trainer.epochs=2",
+                "data.n=200", f"hydra.sweep.dir={out}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "fused group of 4: jobs [0, 1, 2, 3]" in r.stdout + r.stderr
+    for j in range(4):
+        d = out / str(j)
+        s = json.loads((d / "summary.json").read_text())
+        assert s["status"] == "completed" and s["fused_with"] == ["0", "1", "2", "3"] and s["config"]["seed"] == j + 1
+        assert {"metrics.csv", "config.yaml", "model.pt", "predictions.csv", "curves.png"} <= {p.name for p in d.iterdir()}
+    assert (out / "first_layer_kernels.png").exists()
+    first = [torch.load(out / str(j) / "model.pt", weights_only=True)["features.0.weight"] for j in range(4)]
+    assert not torch.equal(first[0], first[1])  # each seed its own kernels
+
+
+@pytest.mark.parametrize("preset", ["ex4/linear_probe", "ex4/finetune"])
+def test_deepfake_lr_sweeps_fuse(preset, folder, weights, tmp_path):  # noqa: F811
+    out = tmp_path / "s"
+    r = run_cli("-m", f"experiment={preset}", "hydra/launcher=fused", f"model.weights_path={weights}",
+                f"data.root={folder}", "data.resize=20", "data.crop=16", "trainer.batch_size=8",
+                f"hydra.sweep.dir={out}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "fused group of 5: jobs [0, 1, 2, 3, 4]" in r.stdout + r.stderr
+    table = pd.read_csv(out / "results.csv")
+    assert sorted(table["optim.lr"]) == [1e-5, 1e-4, 1e-3, 1e-2, 0.1] and set(table.status) == {"completed"}
+
+
+def test_a_killed_group_resumes_and_a_rerun_skips_finished_members(countries_root, tmp_path, monkeypatch):
+    over = [f"data.root={countries_root}", "trainer.epochs=4", "trainer.batch_size=32", "trainer.checkpoint_every_s=0"]
+    cfgs = [compose_cfg([*over, f"optim.lr={lr}"]) for lr in (0.01, 0.003)]
+    run_group(cfgs, [tmp_path / "w0", tmp_path / "w1"], [[], []])
+    dirs = [tmp_path / "k0", tmp_path / "k1"]
+    real = trainer._stop_or_go
+
+    def crash(m, row, epoch, t, k):
+        if epoch == 2:
+            raise KeyboardInterrupt  # killed during epoch 3, after the checkpoint of epoch 2
+        real(m, row, epoch, t, k)
+
+    monkeypatch.setattr(trainer, "_stop_or_go", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_group(cfgs, dirs, [[], []])
+    assert all((d / "checkpoint.pt").exists() and not (d / "summary.json").exists() for d in dirs)
+    monkeypatch.setattr(trainer, "_stop_or_go", real)
+    resumed = run_group(cfgs, dirs, [[], []])
+    for w, b, d in zip(("w0", "w1"), resumed, dirs):  # the resumed group equals an uninterrupted one
+        pd.testing.assert_frame_equal(pd.read_csv(d / "metrics.csv").drop(columns="time_s"),
+                                      pd.read_csv(tmp_path / w / "metrics.csv").drop(columns="time_s"))
+        assert b["status"] == "completed" and not (d / "checkpoint.pt").exists()
+    mtimes = [(d / "summary.json").stat().st_mtime_ns for d in dirs]
+    again = run_group(cfgs, dirs, [[], []])  # finished members are skipped, nothing rewritten
+    assert [(d / "summary.json").stat().st_mtime_ns for d in dirs] == mtimes and again[0]["status"] == "completed"
