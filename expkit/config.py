@@ -31,6 +31,9 @@ class TrainerConf:
     batch_size: int = 256
     eval_batch_size: int = 1024
     device: str = "auto"
+    precision: str = "auto"
+    deterministic: bool = False
+    data_on_device_share: float = 0.5
     threads: Optional[int] = None
     record_steps: bool = False
     grad_layers: List[int] = field(default_factory=list)
@@ -91,8 +94,12 @@ def validate(cfg: DictConfig) -> DictConfig:
     require(t.batch_size >= 1, f"trainer.batch_size must be >= 1, got {t.batch_size}")
     require(t.checkpoint_every_s >= 0, f"trainer.checkpoint_every_s must be >= 0, got {t.checkpoint_every_s}")
     require(t.eval_batch_size >= 1, f"trainer.eval_batch_size must be >= 1, got {t.eval_batch_size}")
-    require(t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
-            f"trainer.device must be auto, cpu or cuda, got {t.device!r}")
+    require(t.device in ("auto", "cpu", "cuda") or (t.device.startswith("cuda:") and t.device[5:].isdigit()),
+            f"trainer.device must be auto, cpu, cuda or cuda:N, got {t.device!r}")
+    from expkit.device import PRECISIONS
+
+    require(t.precision in PRECISIONS, f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
+    require(0 <= t.data_on_device_share <= 1, f"trainer.data_on_device_share must be 0..1, got {t.data_on_device_share}")
     if t.grad_layers:  # the MLP's Linear layers: hidden ones, then the output layer
         require(out.model.name == "mlp", f"trainer.grad_layers needs model=mlp (numbered Linear layers); "
                                          f"model={out.model.name} has none: use trainer.grad_layers=[]")

@@ -23,47 +23,52 @@ def _content_key(splits, part, split):
     return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
 
 
-def extract(net, x, prepare, device):
-    """Backbone outputs for a uint8 image tensor, in eval mode, batch by batch."""
+def extract(net, x, prepare, device, precision="fp32"):
+    """Backbone outputs for a uint8 image tensor, in eval mode, batch by batch, on the run's device
+    and in its precision (so cached and uncached probes see the same numbers)."""
     import torch
+
+    from expkit.device import autocast
 
     net.eval().to(device)
     out = []
     with torch.no_grad():
         for i in range(0, len(x), BATCH):
             xb = x[i:i + BATCH].to(device, non_blocking=True)
-            out.append(net(prepare(xb) if prepare else xb).float().cpu())
+            with autocast(device, precision)():
+                out.append(net(prepare(xb) if prepare else xb).float().cpu())
     return torch.cat(out).numpy()
 
 
-def features(net, weights_key, splits):
-    """{part: float32 (N, d)} for each split, from the cache when the same weights saw the same data."""
+def features(net, weights_key, splits, device, precision="fp32"):
+    """{part: float32 (N, d)} for each split, from the cache when the same weights saw the same data
+    on the same kind of device in the same precision."""
     import torch
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = {}
     for part, split in splits.items():
-        k = key("features", weights_key, _content_key(splits, part, split), str(splits.extras.get("transform")))
+        k = key("features", weights_key, _content_key(splits, part, split), str(splits.extras.get("transform")),
+                device.type, precision)
         path = cache_dir("features") / f"{k}.npy"
         if path.exists():
             out[part] = np.load(path)
             log.info("feature cache hit: %s %s from %s", part, out[part].shape, path)
             continue
         log.info("computing frozen features for %s (%d images) -> %s", part, len(split), path)
-        f = extract(net, torch.as_tensor(split.x), splits.prepare, device).astype(np.float32)
+        f = extract(net, torch.as_tensor(split.x), splits.prepare, device, precision).astype(np.float32)
         atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), f))
         out[part] = f
     net.to("cpu")
     return out
 
 
-def with_features(net, weights_key, splits):
+def with_features(net, weights_key, splits, device=None, precision="fp32"):
     """The same splits with frozen backbone features as inputs (ids, labels and split info stay)."""
     from dataclasses import replace
 
     import torch
 
-    f = features(net, weights_key, splits)
+    f = features(net, weights_key, splits, device or torch.device("cpu"), precision)
     parts = {part: replace(split, x=torch.from_numpy(f[part])) for part, split in splits.items()}
     return replace(splits, **parts, prepare=None, augment=None,
                    description=splits.description + "; inputs: frozen ResNet18 features (cached)")

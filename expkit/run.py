@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from expkit.cache import atomic_write
 from expkit.config import validate
+from expkit.device import pick_device, pick_precision, set_determinism
 from expkit.errors import ForeignDir, Skipped, UserError
 
 log = logging.getLogger("expkit")
@@ -135,7 +136,6 @@ def run_group(cfgs, run_dirs, overrides):
     from expkit import data as datasets, loggers, models
 
     first = cfgs[todo[0]]
-    device = pick_device(first.trainer.device)
     torch.set_num_threads(pick_threads(first.trainer.threads))
     loggers.check(first.logger)  # a missing logger package fails now, not after training
     np.random.seed(first.seed)
@@ -152,10 +152,16 @@ def run_group(cfgs, run_dirs, overrides):
     kind = built[0][0]
     nets = [model for _, model in built]
     probe = models.frozen_backbone(first.model, nets[0])
+    # where and in what precision: from the model that trains (a probe's backbone runs on the same)
+    device, why = pick_device(first.trainer.device, nets[0] if probe is None else probe[0])
+    precision, why_p = pick_precision(first.trainer.precision, device, nets[0] if probe is None else probe[0])
+    set_determinism(first.trainer.deterministic, device)
+    log.info("device %s (%s); precision %s (%s)%s", device, why, precision, why_p,
+             "; deterministic kernels" if first.trainer.deterministic else "")
     if probe is not None:  # a linear probe: the inputs become cached frozen features, only the head trains
         from expkit.features import with_features
 
-        splits = with_features(probe[0], probe[1], splits)
+        splits = with_features(probe[0], probe[1], splits, device, precision)
         nets = [models.frozen_backbone(cfgs[i].model, net)[2] for i, net in zip(todo, nets)]
     if kind == "torch" and not first.trainer.threads and sum(p.numel() for p in nets[0].parameters()) < SMALL_MODEL:
         # a small model's ops are too short to split across threads: 1 thread ran 0.37 s/epoch
@@ -163,20 +169,21 @@ def run_group(cfgs, run_dirs, overrides):
         torch.set_num_threads(1)
     t0 = time.time()
     if kind == "torch":
-        import torch._dynamo  # noqa: F401  (the first optimizer imports it, seconds: keep it out of the timed fit)
         from expkit.trainers import torch as trainer
 
         members = [trainer.Member(cfgs[i], net, run_dirs[i]) for i, net in zip(todo, nets)]
-        histories = trainer.fit(members, splits, device)
+        histories = trainer.fit(members, splits, device, precision)
     else:
         from expkit.trainers import estimator as trainer
 
         require(len(todo) == 1, f"model={first.model.name} is fitted once per run; it cannot be fused")
+        device, precision = trainer.device_for(nets[0], device), "fp32"  # what really fits it (sklearn: CPU)
         histories = [trainer.fit(nets[0], splits, first)]
     wall = time.time() - t0
     for i, (_, model), hist in zip(todo, built, histories):
         if len(todo) > 1:  # trained in one group: wall time and time_s are the group's
             hist.extras["fused_with"] = [run_dirs[j].name for j in todo]
+        hist.extras["precision"] = precision
         summaries[i] = finish(cfgs[i], run_dirs[i], hist, model, splits, wall, device, overrides[i])
         log.info("%s: test acc %.4f, val acc %.4f, %.1fs on %s -> %s", summaries[i]["status"],
                  summaries[i]["final"]["test_acc"], summaries[i]["final"]["val_acc"], wall, device, run_dirs[i])
@@ -197,16 +204,6 @@ def finish(cfg, run_dir, history, model, splits, wall, device, overrides):
     (run_dir / "checkpoint.pt").unlink(missing_ok=True)
     loggers.log_run(cfg, run_dir, history.rows, summary)  # tensorboard/mlflow: replays the saved rows
     return summary
-
-
-def pick_device(name):
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("trainer.device=cuda but no CUDA device is available; use trainer.device=auto or cpu")
-    return torch.device(name)
 
 
 def pick_threads(threads):

@@ -15,6 +15,16 @@ def probabilities(model, x, n_classes):
     return np.eye(n_classes)[np.asarray(model.predict(x), dtype=np.int64)]  # hard predictions only
 
 
+def device_for(model, device):
+    """The device an estimator fits on: XGBoost follows the run onto CUDA; sklearn is CPU-only."""
+    import torch
+
+    if device.type == "cuda" and type(model).__module__.startswith("xgboost"):
+        model.set_params(device="cuda")  # XGBoost's own GPU tree method
+        return device
+    return torch.device("cpu")
+
+
 def fit(model, splits, cfg) -> History:
     model.fit(as_matrix(splits.train), splits.train.y)
     row, probs = {"epoch": 1}, {}

@@ -11,7 +11,6 @@ import logging
 import math
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,18 +74,22 @@ class Stack:
     flat tensor laid out member-major per parameter ([K, n] chunks), so the optimizer updates all
     members with a few elementwise ops, each element with its own member's lr/wd/momentum."""
 
-    def __init__(self, members, device):
+    def __init__(self, members, device, channels_last=False):
         self.members = members
         self.k = len(members)
+        self.channels_last = channels_last
         for m in members:
             m.model.to(device)
         self.net = members[0].model if self.k == 1 else stack([m.model for m in members])
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         sizes = [p.numel() for p in self.params]
-        self.flat = torch.cat([p.detach().reshape(-1) for p in self.params]) if self.params else torch.zeros(0)
+        # 4-D conv weights in channels_last (cuDNN's fast layout on CUDA) are stored [O, H, W, I] in the flat
+        nhwc = [channels_last and p.dim() == 4 for p in self.params]
+        self.flat = torch.cat([(p.detach().permute(0, 2, 3, 1) if c else p.detach()).reshape(-1)
+                               for p, c in zip(self.params, nhwc)]) if self.params else torch.zeros(0, device=device)
         self.grad = torch.zeros_like(self.flat)
-        for p, value, grad in zip(self.params, self.flat.split(sizes), self.grad.split(sizes)):
-            p.data, p.grad = value.view_as(p), grad.view_as(p)  # backward accumulates into the flat grad
+        for p, c, value, grad in zip(self.params, nhwc, self.flat.split(sizes), self.grad.split(sizes)):
+            p.data, p.grad = _view(value, p.shape, c), _view(grad, p.shape, c)  # backward accumulates into the flat
         self.chunks = [(off, n // self.k) for off, n in zip(np.cumsum([0] + sizes[:-1]).tolist(), sizes)]
 
         def per_element(values):  # a member's value on each of its elements of the flat tensor
@@ -140,9 +143,13 @@ class Stack:
     def __call__(self, xb, per_member):
         """xb: [K, B, ...] per-member inputs (per_member) or [B, ...] shared by all -> logits [K, B, C]."""
         if self.k == 1:
-            return self.net(xb[0] if per_member else xb).unsqueeze(0)
-        x = interleave(xb) if per_member else xb.repeat(1, self.k, *[1] * (xb.dim() - 2))
-        return split_members(self.net(x), self.k)
+            x = xb[0] if per_member else xb
+        else:
+            x = interleave(xb) if per_member else xb.repeat(1, self.k, *[1] * (xb.dim() - 2))
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = self.net(x)
+        return out.unsqueeze(0) if self.k == 1 else split_members(out, self.k)
 
     def write_back(self):
         """Each member's trained state back into its own model (for saving, or a re-stack)."""
@@ -152,16 +159,27 @@ class Stack:
             m.opt_state = self.member_opt_state(j)
 
 
+def _view(flat, shape, nhwc):
+    """A parameter-shaped view of its slice of the flat tensor (channels_last strides when nhwc)."""
+    if not nhwc:
+        return flat.view(shape)
+    o, i, h, w = shape
+    return flat.view(o, h, w, i).permute(0, 3, 1, 2)
+
+
 @torch.no_grad()
-def evaluate(run, x, y, batch_size, prepare=None, autocast=nullcontext, want_probs=False):
-    """Per-member mean loss and accuracy over (x, y) shared by all members; optionally probabilities."""
+def evaluate(run, x, y, batch_size, prepare=None, want_probs=False, device=None):
+    """Per-member mean loss and accuracy over (x, y) shared by all members; optionally probabilities.
+    In fp32 whatever the training precision: metrics keep their digits. x may stay on the host
+    (a data set too large for the device): each batch is then copied over."""
     run.net.eval()
-    loss_sum = torch.zeros(run.k, device=y.device)
-    hits = torch.zeros(run.k, device=y.device)
+    device = device or y.device
+    loss_sum = torch.zeros(run.k, device=device)
+    hits = torch.zeros(run.k, device=device)
     probs = []
     for i in range(0, len(y), batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        with autocast():
+        xb, yb = _to(x[i:i + batch_size], device), _to(y[i:i + batch_size], device)
+        with torch.autocast(device.type, enabled=False):
             out = run(prepare(xb) if prepare else xb, per_member=False)
         loss, h = loss_and_hits(out, yb)
         loss_sum += loss * len(yb)
@@ -173,28 +191,37 @@ def evaluate(run, x, y, batch_size, prepare=None, autocast=nullcontext, want_pro
     return result + (torch.cat(probs, 1).cpu().numpy(),) if want_probs else result
 
 
-def to_device(split, device):
-    x = torch.as_tensor(split.x)
-    x = x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
-    return x, torch.as_tensor(split.y).to(device, non_blocking=True)
+def _to(t, device):
+    """A batch on the device; a host batch bound for CUDA goes through pinned memory (per batch)."""
+    if t.device == device:
+        return t
+    return (t.pin_memory() if device.type == "cuda" else t).to(device, non_blocking=True)
 
 
-def fit(members, splits, device):
+def keep_on_device(splits, device, share):
+    """Whether the splits fit in `share` of the device's free memory (else they stay on the host
+    and stream batch by batch). On the CPU the host is the device: share=0 still forces streaming."""
+    need = sum(torch.as_tensor(s.x).nbytes + torch.as_tensor(s.y).nbytes for _, s in splits.items())
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else float("inf")
+    return share > 0 and need <= share * free
+
+
+def fit(members, splits, device, precision="fp32"):
     """Train the members (same architecture and trainer settings; they may differ in seed, lr,
-    weight decay and momentum); returns their Histories, each with test probabilities."""
+    weight decay and momentum) on `device` in `precision` (expkit/device.py); returns their
+    Histories, each with test probabilities."""
     t_cfg = members[0].cfg.trainer
     n = len(splits.train)
     require(not (has_batchnorm(members[0].model) and min(t_cfg.batch_size, n) == 1),
             "BatchNorm cannot train on a batch of one sample: use trainer.batch_size >= 2 or model.batchnorm=false")
     require(not (t_cfg.compile and len(members) > 1), "trainer.compile=true runs alone (it is never fused)")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
-    loop = Loop(members[0].cfg, splits, device, has_batchnorm(members[0].model))
+    require(not (precision == "fp16-mixed" and len(members) > 1), "fp16-mixed runs alone (it is never fused)")
+    loop = Loop(members[0].cfg, splits, device, has_batchnorm(members[0].model), precision)
     for m in members:
         m.hist = History(iterations_per_epoch=loop.steps_per_epoch)
         m.shuffle = torch.Generator().manual_seed(m.cfg.seed)
         m.draws = torch.Generator(device=device).manual_seed(m.cfg.seed)
-        m.fingerprint = _fingerprint(m.cfg)
+        m.fingerprint = _fingerprint(m.cfg, device, precision)
         if t_cfg.checkpoint and (m.run_dir / CHECKPOINT).exists():
             _resume(m)
     for start in sorted({m.start for m in members}):  # members resumed at different epochs train apart
@@ -211,20 +238,29 @@ def fit(members, splits, device):
 class Loop:
     """The epochs of one group: data on the device, then [train steps, eval, record, checkpoint]."""
 
-    def __init__(self, cfg, splits, device, batchnorm):
+    def __init__(self, cfg, splits, device, batchnorm, precision):
+        from expkit.device import autocast
+
         self.t, self.device = cfg.trainer, device
         bs, n = self.t.batch_size, len(splits.train)
         # A last batch of one would crash BatchNorm: drop that single sample (reshuffled next epoch).
         self.n, self.n_used = n, (n - 1 if batchnorm and n % bs == 1 else n)
         self.steps_per_epoch = math.ceil(self.n_used / bs)
-        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" \
-            else nullcontext
-        self.data = {part: to_device(s, device) for part, s in splits.items()}
+        self.autocast = autocast(device, precision)
+        self.scaler = Scaler() if precision == "fp16-mixed" else None
+        on_device = keep_on_device(splits, device, self.t.data_on_device_share)
+        if not on_device:
+            log.info("data stays on the host and streams to %s batch by batch (it needs more than "
+                     "trainer.data_on_device_share=%g of the free device memory)", device, self.t.data_on_device_share)
+        home = device if on_device else torch.device("cpu")
+        self.data = {part: (torch.as_tensor(s.x).to(home), torch.as_tensor(s.y).to(home)) for part, s in splits.items()}
+        self.home = home
         self.prepare, self.augment = splits.prepare, splits.augment
+        self.channels_last = device.type == "cuda" and torch.as_tensor(splits.train.x).dim() == 4
         self.compiled = None
 
     def stack(self, members):
-        run = Stack(members, self.device)
+        run = Stack(members, self.device, self.channels_last)
         if self.t.compile:  # dynamic batch dim: the short last batch and the eval batches reuse one graph
             if self.compiled is None:
                 self.compiled = torch.compile(run.net, dynamic=True)
@@ -233,7 +269,7 @@ class Loop:
 
     def evaluate(self, run, part, want_probs=False):
         x, y = self.data[part]
-        return evaluate(run, x, y, self.t.eval_batch_size, self.prepare, self.autocast, want_probs)
+        return evaluate(run, x, y, self.t.eval_batch_size, self.prepare, want_probs, self.device)
 
     def train(self, members, start):
         t, bs, device = self.t, self.t.batch_size, self.device
@@ -254,7 +290,7 @@ class Loop:
             k = run.k
             run.net.train()
             order = torch.stack([torch.randperm(self.n, generator=m.shuffle)[:self.n_used] for m in active])
-            order = order.to(device)
+            order = order.to(self.home)
             loss_sum = torch.zeros(k, device=device)
             hits = torch.zeros(k, device=device)
             step_losses = torch.zeros(k, self.steps_per_epoch, device=device)
@@ -262,7 +298,7 @@ class Loop:
             bar = Progress(epoch, t.epochs, self.steps_per_epoch)
             for i in range(self.steps_per_epoch):
                 idx = order[:, i * bs:(i + 1) * bs]
-                xb, yb = x_train[idx], y_train[idx]
+                xb, yb = _to(x_train[idx], device), _to(y_train[idx], device)
                 if self.prepare:
                     xb = self.prepare(xb.flatten(0, 1)).unflatten(0, idx.shape)
                 if self.augment:
@@ -271,10 +307,13 @@ class Loop:
                     out = run(xb, per_member=True)
                 loss, h = loss_and_hits(out, yb)
                 run.zero_grad()
-                loss.sum().backward()  # members' graphs are disjoint: each gets its own gradient
-                if grad_layers:  # ||grad||^2 of each recorded layer's weight matrix, and of its bias apart
-                    grad_sq += _grad_sq(run.net, grad_layers, k)
-                run.step()
+                total = loss.sum()  # members' graphs are disjoint: each gets its own gradient
+                (self.scaler.scale(total) if self.scaler else total).backward()
+                # fp16 overflow: the update is skipped and the loss scale halved (the loss still counts)
+                if not self.scaler or self.scaler.unscale(run.grad):
+                    if grad_layers:  # ||grad||^2 of each recorded layer's weight matrix, and of its bias apart
+                        grad_sq += _grad_sq(run.net, grad_layers, k)
+                    run.step()
                 loss = loss.detach()
                 loss_sum += loss * idx.shape[1]
                 hits += h
@@ -308,6 +347,28 @@ class Loop:
             run.write_back()
 
 
+class Scaler:
+    """Loss scaling for fp16-mixed (torch.amp.GradScaler's rule on the run's flat gradient):
+    scale the loss, unscale the gradient, skip a step whose gradient overflowed and halve the
+    scale; double it after 2000 clean steps."""
+
+    def __init__(self, scale=2.0 ** 16):
+        self.value, self.good = scale, 0
+
+    def scale(self, loss):
+        return loss * self.value
+
+    def unscale(self, grad):
+        grad.div_(self.value)
+        if not torch.isfinite(grad).all():
+            self.value, self.good = self.value / 2, 0
+            return False
+        self.good += 1
+        if self.good == 2000:
+            self.value, self.good = self.value * 2, 0
+        return True
+
+
 def _grad_sq(net, names, k):
     """[layers, 2 (weight, bias), K] squared gradient norms of the recorded Linear layers."""
     out = []
@@ -337,17 +398,20 @@ def _stop_or_go(m, row, epoch, t_cfg, k):
                  es.min_delta, m.bad_epochs)
 
 
-def _fingerprint(cfg):
+def _fingerprint(cfg, device, precision):
+    """What a checkpoint may resume: the config, and the device type and precision it ran in."""
     import json
 
     from omegaconf import OmegaConf
 
-    return json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True, default=str)
+    return json.dumps({"config": OmegaConf.to_container(cfg, resolve=True), "device": device.type,
+                       "precision": precision}, sort_keys=True, default=str)
 
 
 def _save_checkpoint(m, epoch):
     state = {
-        "epoch": epoch, "config": m.fingerprint, "model": m.model.state_dict(), "optim": m.opt_state,
+        "epoch": epoch, "config": m.fingerprint, "optim": m.opt_state,
+        "model": {k: v.detach().cpu() for k, v in m.model.state_dict().items()},  # loads on any machine
         "rng_shuffle": m.shuffle.get_state(), "rng_draws": m.draws.get_state().cpu(),
         "rows": m.hist.rows, "steps": [torch.from_numpy(s) for s in m.steps],
         "best_val": m.best_val, "bad_epochs": m.bad_epochs,
@@ -356,6 +420,7 @@ def _save_checkpoint(m, epoch):
 
 
 def _resume(m):
+    import json
     import pickle
     import warnings
 
@@ -364,14 +429,19 @@ def _resume(m):
         with warnings.catch_warnings():  # torch warns about pickle protocols: the error below says it all
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
-        if state.get("config") != m.fingerprint:  # never overwrite another config's progress
+        saved, now = json.loads(state.get("config") or "{}"), json.loads(m.fingerprint)
+        if saved.get("config") != now["config"]:  # never overwrite another config's progress
             raise ForeignDir(f"{path} was written by a different config; run in a new dir "
                              "(hydra.run.dir=...) or delete that file to start afresh")
+        from expkit.device import check_resume
+
+        check_resume({k: saved.get(k) for k in ("device", "precision")},
+                     {k: now[k] for k in ("device", "precision")}, path)
         m.model.load_state_dict(state["model"])
         m.opt_state = state["optim"]
         m.shuffle.set_state(state["rng_shuffle"])
         m.draws.set_state(state["rng_draws"].to(m.draws.get_state().device))
-    except ForeignDir:
+    except UserError:
         raise
     except Exception as ex:
         # torch's own message suggests weights_only=False, which would run whatever the file holds
