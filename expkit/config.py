@@ -34,6 +34,7 @@ class TrainerConf:
     precision: str = "auto"
     deterministic: bool = False
     data_on_device_share: float = 0.5
+    jobs_per_gpu: Optional[int] = None
     threads: Optional[int] = None
     record_steps: bool = False
     grad_layers: List[int] = field(default_factory=list)

@@ -27,6 +27,15 @@ def describe(model):
     return sum(p.numel() for p in model.parameters()), any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
 
 
+def wants_gpu(name, model):
+    """Whether trainer.device=`name` sends this model to a GPU when one is there (no CUDA call:
+    a sweep asks this before pinning the job to its GPU)."""
+    if name == "cpu":
+        return False
+    n_params, conv = describe(model)
+    return name != "auto" or conv or n_params >= GPU_MIN_PARAMS
+
+
 def pick_device(name, model=None):
     """The torch device for trainer.device (auto | cpu | cuda | cuda:N) and why."""
     import torch
@@ -35,7 +44,7 @@ def pick_device(name, model=None):
     if name == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu"), "auto: no CUDA device"
-        if model is not None and not conv and n_params < GPU_MIN_PARAMS:
+        if model is not None and not wants_gpu(name, model):
             return torch.device("cpu"), (f"auto: {n_params:,} parameters, no convolutions: faster on the CPU than as "
                                          f"~100 tiny GPU kernels a step (trainer.device=cuda to override)")
         return torch.device("cuda:0"), f"auto: CUDA available, {n_params:,} parameters{', conv' if conv else ''}"

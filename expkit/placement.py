@@ -38,6 +38,8 @@ from pathlib import Path
 from expkit.errors import UserError
 
 FAKE_ENV = "EXPKIT_FAKE_GPUS"  # test hook: simulated GPU count, used when CUDA_VISIBLE_DEVICES is unset
+# one slot folder per machine and user: concurrent sweeps on one box share its GPUs fairly
+SLOT_DIR = Path(os.environ.get("EXPKIT_GPU_SLOTS", Path("/tmp") / f"expkit-gpu-slots-{os.getuid()}"))
 POLL_S = 0.05  # sleep between scans while every slot is busy
 
 
@@ -76,6 +78,17 @@ def visible_devices() -> list[str]:
         return []
     n = sum(1 for line in out.splitlines() if line.startswith("GPU "))
     return [str(i) for i in range(n)]
+
+
+def hidden_gpus() -> bool:
+    """The machine has GPUs (nvidia-smi lists some) but CUDA_VISIBLE_DEVICES hides them all."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) not in ("", "-1") or shutil.which("nvidia-smi") is None:
+        return False
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return any(line.startswith("GPU ") for line in out.splitlines())
 
 
 def default_per_device(device_mem_gb: float | None, model_kind: str) -> int:

@@ -42,7 +42,7 @@ def run_job(cfg):
                     "add -m to run the sweep (python train.py -m ...)", ", ".join(grid))
     t0 = time.time()
     try:
-        summary = run(cfg, run_dir, overrides)
+        summary = run(cfg, run_dir, overrides, job_num=hc.job.num if sweeping else None)
     except Exception as ex:
         user = isinstance(ex, UserError)
         msg = str(ex) if user else f"{type(ex).__name__}: {ex}"
@@ -105,15 +105,16 @@ def group_key(cfg):
     return json.dumps(c, sort_keys=True)
 
 
-def run(cfg, run_dir: Path, overrides=()):
+def run(cfg, run_dir: Path, overrides=(), job_num=None):
     """One run: the K = 1 case of run_group. Returns its summary."""
-    return run_group([cfg], [Path(run_dir)], [list(overrides)])[0]
+    return run_group([cfg], [Path(run_dir)], [list(overrides)], job_num)[0]
 
 
-def run_group(cfgs, run_dirs, overrides):
+def run_group(cfgs, run_dirs, overrides, job_num=None):
     """K >= 1 runs that differ only in FUSIBLE keys: validate, skip finished ones, load the data
     once, build each member under its own seed, train them together (K = 1: a plain run), then
-    write each member's files. Returns each member's summary, in order."""
+    write each member's files. Returns each member's summary, in order. A sweep's job (job_num
+    given) that trains on a GPU first takes a slot on one of the box's GPUs (expkit/placement.py)."""
     from expkit.errors import require
 
     cfgs = [validate(c) for c in cfgs]
@@ -149,9 +150,47 @@ def run_group(cfgs, run_dirs, overrides):
         np.random.seed(cfgs[i].seed)
         torch.manual_seed(cfgs[i].seed)
         built.append(models.build(cfgs[i].model, splits))
-    kind = built[0][0]
     nets = [model for _, model in built]
     probe = models.frozen_backbone(first.model, nets[0])
+    slot = _place(first, nets[0] if probe is None else probe[0], job_num)
+    try:
+        return _train_and_finish(cfgs, run_dirs, overrides, todo, summaries, splits, built, nets, probe, slot)
+    finally:
+        if slot is not None:
+            slot.release()
+
+
+def _place(cfg, model, job_num):
+    """A sweep job bound for a GPU waits for a free slot and is pinned to that GPU before CUDA
+    starts (a fused group takes one slot: the whole group lives on one device)."""
+    from expkit import placement
+    from expkit.device import wants_gpu
+
+    if job_num is None or not wants_gpu(cfg.trainer.device, model):
+        return None
+    devices = placement.visible_devices()
+    if not devices:
+        if placement.hidden_gpus():
+            log.warning("this job sees no GPU although the machine has some (CUDA_VISIBLE_DEVICES is empty, e.g. "
+                        "hydra/launcher=submitit_local without hydra.launcher.gpus_per_node=N): it trains on the CPU")
+        return None
+    if cfg.trainer.device.startswith("cuda:"):
+        return None  # a device the user named: used as named
+    per = cfg.trainer.jobs_per_gpu or placement.default_per_device(None, cfg.model.name)
+    slot = placement.acquire(placement.SLOT_DIR, devices, per, prefer=job_num)
+    placement.pin(slot.device_id)  # this process's only GPU from now on: a worker stays on its GPU
+    log.info("job %d placed on GPU %s (at most %d job(s) per GPU at once)", job_num, slot.device_id, per)
+    return slot
+
+
+def _train_and_finish(cfgs, run_dirs, overrides, todo, summaries, splits, built, nets, probe, slot):
+    import torch
+
+    from expkit import models
+    from expkit.errors import require
+
+    first = cfgs[todo[0]]
+    kind = built[0][0]
     # where and in what precision: from the model that trains (a probe's backbone runs on the same)
     device, why = pick_device(first.trainer.device, nets[0] if probe is None else probe[0])
     precision, why_p = pick_precision(first.trainer.precision, device, nets[0] if probe is None else probe[0])
@@ -184,6 +223,8 @@ def run_group(cfgs, run_dirs, overrides):
         if len(todo) > 1:  # trained in one group: wall time and time_s are the group's
             hist.extras["fused_with"] = [run_dirs[j].name for j in todo]
         hist.extras["precision"] = precision
+        if slot is not None:  # the box's GPU (its CUDA_VISIBLE_DEVICES id) this job was placed on
+            hist.extras["gpu_slot"] = slot.device_id
         summaries[i] = finish(cfgs[i], run_dirs[i], hist, model, splits, wall, device, overrides[i])
         log.info("%s: test acc %.4f, val acc %.4f, %.1fs on %s -> %s", summaries[i]["status"],
                  summaries[i]["final"]["test_acc"], summaries[i]["final"]["val_acc"], wall, device, run_dirs[i])

@@ -205,3 +205,23 @@ def test_feature_cache_key_includes_device_and_precision(tmp_path, monkeypatch):
         features.features(torch.nn.Identity(), "w", s, torch.device(device), precision)
     assert calls == [("cpu", "fp32")] * 3 + [("cpu", "bf16")] * 3 + [("cuda", "bf16")] * 3  # the repeat hit the cache
     assert len(list(Path(tmp_path).rglob("*.npy"))) == 9
+
+
+def test_sweep_jobs_take_gpu_slots_and_a_fused_group_takes_one(tmp_path, monkeypatch):
+    """4 simulated GPUs, 1 job per GPU: 4 joblib workers (processes) land on 4 different GPUs; a
+    fused group of 4 holds one slot. (No CUDA here: the jobs then train on the CPU; the placement
+    is what is tested. tests/test_placement.py checks the per-GPU limit across processes.)"""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install -e '.[launchers]'")
+    monkeypatch.setenv("EXPKIT_FAKE_GPUS", "4")
+    monkeypatch.setenv("EXPKIT_GPU_SLOTS", str(tmp_path / "slots"))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    common = ["-m", "experiment=hw6/synth_kernels", "data.n=100", "trainer.epochs=1", "trainer.jobs_per_gpu=1",
+              "seed=1,2,3,4"]
+    r = run_cli(*common, "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", f"hydra.sweep.dir={tmp_path / 'a'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    slots = {json.loads((tmp_path / "a" / str(j) / "summary.json").read_text())["gpu_slot"] for j in range(4)}
+    assert slots == {"0", "1", "2", "3"}
+    r = run_cli(*common, "hydra/launcher=fused", f"hydra.sweep.dir={tmp_path / 'b'}")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and out.count("placed on GPU") == 1 and "fused group of 4" in out, out[-3000:]
+    assert {json.loads((tmp_path / "b" / str(j) / "summary.json").read_text())["gpu_slot"] for j in range(4)} == {"0"}

@@ -107,7 +107,8 @@ def run_members(group, dirs):
     handlers = _member_logs(group, dirs)
     t0 = time.time()
     try:
-        summaries = run_group([j.cfg for j in group], [dirs[j.num] for j in group], [j.overrides for j in group])
+        summaries = run_group([j.cfg for j in group], [dirs[j.num] for j in group], [j.overrides for j in group],
+                              job_num=group[0].num)  # one GPU slot for the whole group
         return {j.num: s["status"] for j, s in zip(group, summaries)}
     except Exception as ex:  # the whole group failed: record it in every member, as a sweep job would
         user = isinstance(ex, UserError)
