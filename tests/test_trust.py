@@ -183,3 +183,15 @@ def test_hydra_full_error_shows_the_traceback(countries_root, tmp_path):
     r = subprocess.run([sys.executable, "train.py", "experiment=ex4/lrr"], cwd=ROOT, env=env, capture_output=True,
                        text=True)
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_sweep_ends_with_a_compact_table_best_first():
+    from expkit.report.tables import terminal_table
+
+    df = pd.DataFrame({"job": ["0", "1", "2", "3"], "optim.lr": [0.1, 0.1, 0.01, 0.01], "seed": [1, 2, 1, 2],
+                       "status": ["completed"] * 4, "val_acc": [0.5, 0.7, 0.8, 0.9], "test_acc": [0.4, 0.6, 0.7, 0.8],
+                       "wall_time_s": [1.0, 3.0, 2.0, 2.0]})
+    lines = terminal_table(df).splitlines()
+    assert lines[0].split() == ["optim.lr", "status", "n", "val_acc", "test_acc", "time_s"]
+    assert lines[2].split()[:6] == ["0.01", "completed", "x2", "2", "0.8500", "±"]  # best config first, mean ± std
+    assert lines[3].startswith("0.1") and "0.6000 ± 0.1414" in lines[3]

@@ -60,3 +60,28 @@ def to_markdown(df):
     lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+def terminal_table(df, width=120):
+    """The compact end-of-sweep summary: swept keys, status, val and test accuracy, time; best
+    first by val accuracy; with seeds swept, one line per configuration with mean ± std and n."""
+    if df is None or not len(df):
+        return "(no jobs)"
+    keys = config_keys(df)
+    rows = []
+    for vals, idx in config_groups(df, keys):
+        g = df.loc[idx]
+        ok = g[g.status.isin(["completed", "diverged"])]
+        status = ",".join(f"{s}" + (f" x{c}" if c > 1 else "") for s, c in g.status.value_counts().items())
+        stats = {m: _mean_std(_finite(ok[m])) if m in ok else (np.nan, np.nan)
+                 for m in ("val_acc", "test_acc", "wall_time_s")}
+        rows.append(([str(g[k].iloc[0]) for k in keys], status, len(ok), stats))
+    rows.sort(key=lambda r: -(r[3]["val_acc"][0] if r[3]["val_acc"][0] == r[3]["val_acc"][0] else -1))
+    seeds = seed_varies(df)
+    head = keys + ["status"] + (["n"] if seeds else []) + ["val_acc", "test_acc", "time_s"]
+    table = [head] + [vals + [status] + ([str(n)] if seeds else []) +
+                      [pm(*st["val_acc"]), pm(*st["test_acc"]), pm(*st["wall_time_s"], digits=1)]
+                      for vals, status, n, st in rows]
+    widths = [max(len(r[c]) for r in table) for c in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip()[:width] for r in table]
+    return "\n".join([lines[0], "-" * min(width, len(lines[0]))] + lines[1:])

@@ -153,6 +153,7 @@ class ExpkitSweeper(Sweeper):
     def sweep(self, arguments: List[str]) -> Any:
         from expkit.cli import mark_failed_jobs
         from expkit.report.aggregate import build_report
+        from expkit.report.tables import terminal_table
 
         loader = self.hydra_context.config_loader
         parser = OverridesParser.create(config_loader=loader)
@@ -185,6 +186,7 @@ class ExpkitSweeper(Sweeper):
                 table = build_report(sweep_dir)
             failed += int((table.status == "failed").sum()) if len(table) else 0
             jobs_total += len(table)
+            print(f"\n{sweep_dir}\n{terminal_table(table)}\n", flush=True)  # the results, best first
         if len(studies) > 1:
             build_report(root, roots=[s[0] for s in studies], plots=[])  # one merged table at the top
         mark_failed_jobs(failed)
