@@ -39,9 +39,8 @@ class StackedLinear(nn.Module):
 
     def forward(self, x):
         b = x.shape[0]
-        h = torch.bmm(x.reshape(b, self.k, self.n_in).transpose(0, 1), self.weight)  # [K, B, out]
-        if self.bias is not None:
-            h = h + self.bias.unsqueeze(1)
+        xk = x.reshape(b, self.k, self.n_in).transpose(0, 1)  # [K, B, in], a strided view
+        h = torch.bmm(xk, self.weight) if self.bias is None else torch.baddbmm(self.bias.unsqueeze(1), xk, self.weight)
         return h.transpose(0, 1).reshape(b, self.k * self.n_out)
 
     def member(self, k):

@@ -59,11 +59,10 @@ def course_run(model, splits, epochs, batch=256, eval_batch=1024, lr=1e-3):
 
 
 def expkit_run(model, splits, epochs, tmp):
-    cfg = OmegaConf.create({
-        "seed": 42, "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.0},
-        "trainer": {"epochs": epochs, "batch_size": 256, "eval_batch_size": 1024, "grad_layers": [],
-                    "record_steps": False, "compile": False, "checkpoint": False, "checkpoint_every_s": 30.0,
-                    "early_stop": {"patience": 0, "min_delta": 1e-4}}})
+    from expkit.config import OptimConf, TrainerConf
+
+    cfg = OmegaConf.create({"seed": 42, "optim": OmegaConf.structured(OptimConf(lr=1e-3)),
+                            "trainer": OmegaConf.structured(TrainerConf(epochs=epochs, checkpoint=False))})
     t0 = time.perf_counter()
     hist, = expkit_trainer.fit([expkit_trainer.Member(cfg, model, Path(tmp))], splits, torch.device("cpu"))
     return (time.perf_counter() - t0) / epochs, hist.rows[-1]["val_acc"], hist.rows[-1]["test_acc"]

@@ -181,7 +181,7 @@ def test_channels_last_stack_trains_like_the_default_layout():
         run = Stack([M(CNN((1, 12, 12), 2, [ConvConf(3, 3), ConvConf(4, 3)], [], "relu"))], torch.device("cpu"), cl)
         for _ in range(3):
             run.zero_grad()
-            torch.nn.functional.cross_entropy(run(x, per_member=True)[0], y).backward()
+            torch.nn.functional.cross_entropy(run(x, per_member=True)[:, 0], y).backward()
             run.step()
         w = run.net.features[3].weight  # [4, 3, 3, 3]: with one input channel both layouts coincide
         assert w.is_contiguous(memory_format=torch.channels_last) == cl

@@ -21,7 +21,7 @@ from torch import nn
 
 from expkit.cache import atomic_write
 from expkit.errors import ForeignDir, UserError, require
-from expkit.stack import interleave, split_members, stack, unstack
+from expkit.stack import interleave, stack, unstack
 from expkit.trainers import History
 
 log = logging.getLogger(__name__)
@@ -48,14 +48,15 @@ class Member:
 
 
 def loss_and_hits(logits, y):
-    """Per-member mean loss [K] and #correct [K]: logits [K, B, C] (BCE-with-logits for C = 1)."""
-    k, b, c = logits.shape
-    y = y.expand(k, b)
+    """Per-member mean loss [K] and #correct [K]: logits [B, K, C] (contiguous: the stacked model's
+    own layout), labels [K, B] per member or [B] shared (BCE-with-logits for C = 1)."""
+    b, k, c = logits.shape
+    y = y.t() if y.dim() == 2 else y.unsqueeze(1).expand(b, k)
     if c == 1:
         z = logits.squeeze(-1).float()
-        return F.binary_cross_entropy_with_logits(z, y.float(), reduction="none").mean(1), ((z > 0).long() == y).sum(1)
-    loss = F.cross_entropy(logits.reshape(k * b, c).float(), y.reshape(-1), reduction="none").view(k, b).mean(1)
-    return loss, (logits.argmax(-1) == y).sum(1)
+        return F.binary_cross_entropy_with_logits(z, y.float(), reduction="none").mean(0), ((z > 0).long() == y).sum(0)
+    loss = F.cross_entropy(logits.reshape(b * k, c).float(), y.reshape(-1), reduction="none").view(b, k).mean(0)
+    return loss, (logits.argmax(-1) == y).sum(0)
 
 
 def probabilities(logits):
@@ -141,7 +142,7 @@ class Stack:
         self.flat.addcdiv_(m * self.lr, denom, value=-1 / (1 - b1 ** self.t))
 
     def __call__(self, xb, per_member):
-        """xb: [K, B, ...] per-member inputs (per_member) or [B, ...] shared by all -> logits [K, B, C]."""
+        """xb: [K, B, ...] per-member inputs (per_member) or [B, ...] shared by all -> logits [B, K, C]."""
         if self.k == 1:
             x = xb[0] if per_member else xb
         else:
@@ -149,7 +150,7 @@ class Stack:
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         out = self.net(x)
-        return out.unsqueeze(0) if self.k == 1 else split_members(out, self.k)
+        return out.view(out.shape[0], self.k, -1)  # [B, K, C]: member k's logits at [:, k]
 
     def write_back(self):
         """Each member's trained state back into its own model (for saving, or a re-stack)."""
@@ -188,7 +189,7 @@ def evaluate(run, x, y, batch_size, prepare=None, want_probs=False, device=None)
             probs.append(probabilities(out))
     n = len(y)
     result = ([v / n for v in loss_sum.tolist()], [v / n for v in hits.tolist()])
-    return result + (torch.cat(probs, 1).cpu().numpy(),) if want_probs else result
+    return result + (torch.cat(probs).cpu().numpy(),) if want_probs else result  # probs [N, K, C]
 
 
 def _to(t, device):
@@ -230,7 +231,7 @@ def fit(members, splits, device, precision="fp32"):
         if m.steps:
             m.hist.steps = np.concatenate(m.steps)
         *_, probs = loop.evaluate(loop.stack([m]), "test", want_probs=True)
-        m.hist.test_probs = probs[0]
+        m.hist.test_probs = probs[:, 0]
         m.model.to("cpu")
     return [m.hist for m in members]
 
