@@ -1,9 +1,14 @@
-"""Experiment loggers (`logger=csv|tensorboard|mlflow`): replay a finished run's saved rows.
+"""Experiment loggers (`logger=csv|tensorboard|mlflow`), live: each epoch's row as the epoch ends.
 
-CSV is what every run writes anyway (metrics.csv, summary.json). TensorBoard and MLflow get
-the same rows after training, so the hot loop stays clean and a logger can never change a
-result. Every call opens and closes its own writer/client (no global "active run"), so jobs
-that share a process (basic or joblib launcher) never see each other's state.
+CSV is what every run writes anyway (metrics.csv, summary.json: the source of truth). A `Live`
+logger is opened before training, gets each epoch's metrics row from the trainer's per-epoch
+callback (so a long run can be watched, and a killed one keeps its finished epochs), and is
+closed with the summary (hyper-parameters, final and best metrics, status). A logger can never
+change a result or fail a run: a backend error is one warning and the logger switches itself
+off. Each run has its own writer/client (no global "active run"), so jobs that share a process
+(basic or joblib launcher) never see each other's state. A resumed run logs the epochs after
+its checkpoint (TensorBoard: into the same folder; MLflow: a new run, the killed one stays
+RUNNING with its epochs).
     tensorboard: <run dir>/tensorboard/     -> tensorboard --logdir <sweep dir>  (one run per job)
     mlflow:      sqlite db (default outputs/mlflow.db); experiment = `name`; a sweep is a parent
                  run, each job a child run   -> mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db
@@ -30,20 +35,32 @@ def check(conf):
                             "(or use logger=csv)") from None
 
 
-def log_run(cfg, run_dir: Path, rows, summary, sweep_dir=None):
-    """Send one finished run to the configured logger. Never fails the run: its files are saved."""
-    if cfg.logger.name == "csv":
-        return
-    if sweep_dir is None:
-        sweep_dir = _sweep_dir()
-    try:
-        if cfg.logger.name == "tensorboard":
-            _tensorboard(cfg, run_dir, rows, summary)
-        elif cfg.logger.name == "mlflow":
-            _mlflow(cfg, run_dir, rows, summary, sweep_dir)
-    except Exception as ex:  # the results are on disk; a logging backend problem must not lose them
-        log.warning("logger %s failed (%s: %s); the run's files in %s are complete",
-                    cfg.logger.name, type(ex).__name__, ex, run_dir)
+class Live:
+    """One run's live logger (a no-op for logger=csv)."""
+
+    def __init__(self, cfg, run_dir: Path, sweep_dir=None):
+        self.cfg, self.run_dir, self.backend = cfg, Path(run_dir), None
+        if cfg.logger.name == "csv":
+            return
+        self._safe("open", lambda: setattr(self, "backend", (_TensorBoard if cfg.logger.name == "tensorboard"
+                                                              else _MLflow)(cfg, self.run_dir, sweep_dir or _sweep_dir())))
+
+    def epoch(self, row):
+        if self.backend is not None:
+            self._safe("epoch", lambda: self.backend.epoch(row))
+
+    def close(self, summary):
+        if self.backend is not None:
+            self._safe("close", lambda: self.backend.close(summary))
+            self.backend = None
+
+    def _safe(self, what, fn):
+        try:
+            fn()
+        except Exception as ex:  # the results are on disk; a logging backend problem must not lose them
+            log.warning("logger %s failed at %s (%s: %s); it is off for this run; the run's files in %s are "
+                        "complete", self.cfg.logger.name, what, type(ex).__name__, ex, self.run_dir)
+            self.backend = None
 
 
 def _sweep_dir():
@@ -80,58 +97,76 @@ def _final_metrics(summary):
     return out
 
 
-def _tensorboard(cfg, run_dir, rows, summary):
-    from torch.utils.tensorboard import SummaryWriter
-
-    logdir = Path(cfg.logger.dir) if cfg.logger.dir else run_dir / "tensorboard"
-    writer = SummaryWriter(log_dir=str(logdir))
-    try:
-        for row in rows:
-            for k, v in row.items():
-                if k != "epoch" and isinstance(v, (int, float)):
-                    writer.add_scalar(k.replace("_", "/", 1), v, global_step=int(row["epoch"]))
-        hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in _params(cfg).items()}
-        writer.add_hparams(hparams, _final_metrics(summary), run_name=".")  # the sweep comparison view
-    finally:
-        writer.close()
+def _scalars(row):
+    return {k: float(v) for k, v in row.items() if k != "epoch" and isinstance(v, (int, float))}
 
 
-def _mlflow(cfg, run_dir, rows, summary, sweep_dir):
-    uri = cfg.logger.tracking_uri or f"sqlite:///{Path('outputs').resolve() / 'mlflow.db'}"
-    db_dir = Path(uri[len("sqlite:///"):]).parent if uri.startswith("sqlite:///") else None
-    # parallel jobs would race to create the tables of a new sqlite store: one writer at a time
-    with _lock(db_dir):
-        _mlflow_locked(cfg, run_dir, rows, summary, sweep_dir, uri, db_dir)
+class _TensorBoard:
+    def __init__(self, cfg, run_dir, sweep_dir):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.cfg = cfg
+        self.writer = SummaryWriter(log_dir=str(Path(cfg.logger.dir) if cfg.logger.dir else run_dir / "tensorboard"))
+
+    def epoch(self, row):
+        for k, v in _scalars(row).items():
+            self.writer.add_scalar(k.replace("_", "/", 1), v, global_step=int(row["epoch"]))
+        self.writer.flush()  # on disk now: a killed run keeps its finished epochs
+
+    def close(self, summary):
+        hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in _params(self.cfg).items()}
+        self.writer.add_hparams(hparams, _final_metrics(summary), run_name=".")  # the sweep comparison view
+        self.writer.close()
 
 
-def _mlflow_locked(cfg, run_dir, rows, summary, sweep_dir, uri, db_dir):
-    import time
+class _MLflow:
+    def __init__(self, cfg, run_dir, sweep_dir):
+        from mlflow.tracking import MlflowClient
 
-    from mlflow.entities import Metric, Param
-    from mlflow.tracking import MlflowClient
+        self.cfg = cfg
+        self.uri = cfg.logger.tracking_uri or f"sqlite:///{Path('outputs').resolve() / 'mlflow.db'}"
+        self.db_dir = Path(self.uri[len("sqlite:///"):]).parent if self.uri.startswith("sqlite:///") else None
+        with _lock(self.db_dir):  # parallel jobs would race to create the tables of a new sqlite store
+            self.client = MlflowClient(tracking_uri=self.uri)  # its own client: no process-global active run
+            name = cfg.logger.experiment or cfg.name
+            exp = self.client.get_experiment_by_name(name)
+            exp = exp.experiment_id if exp else self.client.create_experiment(
+                name, artifact_location=str(self.db_dir / "mlartifacts" / name) if self.db_dir else None)
+            tags = {"expkit.run_dir": str(run_dir), "expkit.status": "running"}
+            self.parent = _parent_run(self.client, exp, sweep_dir, self.uri) if sweep_dir is not None else None
+            if self.parent:
+                tags["mlflow.parentRunId"] = self.parent  # shows the job nested under its sweep
+            self.run_id = self.client.create_run(exp, run_name=run_dir.name if self.parent else str(run_dir),
+                                                 tags=tags).info.run_id
 
-    client = MlflowClient(tracking_uri=uri)  # its own client: no process-global active run
-    name = cfg.logger.experiment or cfg.name
-    exp = client.get_experiment_by_name(name)
-    exp = exp.experiment_id if exp else client.create_experiment(
-        name, artifact_location=str(db_dir / "mlartifacts" / name) if db_dir else None)
-    tags = {"expkit.run_dir": str(run_dir), "expkit.status": summary["status"]}
-    parent = _parent_run(client, exp, sweep_dir, uri) if sweep_dir is not None else None
-    if parent:
-        tags["mlflow.parentRunId"] = parent  # shows the job nested under its sweep
-    run_id = client.create_run(exp, run_name=run_dir.name if parent else str(run_dir), tags=tags).info.run_id
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, int(row["epoch"])) for row in rows for k, v in row.items()
-               if k != "epoch" and isinstance(v, (int, float))]
-    metrics += [Metric(k.replace("/", "_"), float(v), now, 0) for k, v in _final_metrics(summary).items()]
-    params = [Param(k, str(v)[:6000]) for k, v in _params(cfg).items()]
-    for i in range(0, len(params), 100):  # MLflow's batch limits: 100 params, 1000 metrics
-        client.log_batch(run_id, params=params[i:i + 100])
-    for i in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[i:i + 1000])
-    client.set_terminated(run_id, "FINISHED")
-    if parent:
-        client.set_terminated(parent, "FINISHED")  # its end time: the last job's
+    def _log(self, metrics=(), params=()):
+        with _lock(self.db_dir):
+            for i in range(0, len(params), 100):  # MLflow's batch limits: 100 params, 1000 metrics
+                self.client.log_batch(self.run_id, params=params[i:i + 100])
+            for i in range(0, len(metrics), 1000):
+                self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
+
+    def epoch(self, row):
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._log(metrics=[Metric(k, v, now, int(row["epoch"])) for k, v in _scalars(row).items()])
+
+    def close(self, summary):
+        import time
+
+        from mlflow.entities import Metric, Param
+
+        now = int(time.time() * 1000)
+        self._log(metrics=[Metric(k.replace("/", "_"), float(v), now, 0) for k, v in _final_metrics(summary).items()],
+                  params=[Param(k, str(v)[:6000]) for k, v in _params(self.cfg).items()])
+        with _lock(self.db_dir):
+            self.client.set_tag(self.run_id, "expkit.status", summary["status"])
+            self.client.set_terminated(self.run_id, "FINISHED")
+            if self.parent:
+                self.client.set_terminated(self.parent, "FINISHED")  # its end time: the last job's
 
 
 def _parent_run(client, exp, sweep_dir, uri):

@@ -186,7 +186,7 @@ def _place(cfg, model, job_num):
 def _train_and_finish(cfgs, run_dirs, overrides, todo, summaries, splits, built, nets, probe, slot):
     import torch
 
-    from expkit import models
+    from expkit import loggers, models
     from expkit.errors import require
 
     first = cfgs[todo[0]]
@@ -206,11 +206,13 @@ def _train_and_finish(cfgs, run_dirs, overrides, todo, summaries, splits, built,
         # a small model's ops are too short to split across threads: 1 thread ran 0.37 s/epoch
         # against 2.66 s/epoch with 2 threads for the 6x16 countries MLP on a busy 2-core machine
         torch.set_num_threads(1)
+    lives = [loggers.Live(cfgs[i], run_dirs[i]) for i in todo]  # tensorboard/mlflow: fed epoch by epoch
     t0 = time.time()
     if kind == "torch":
         from expkit.trainers import torch as trainer
 
-        members = [trainer.Member(cfgs[i], net, run_dirs[i]) for i, net in zip(todo, nets)]
+        members = [trainer.Member(cfgs[i], net, run_dirs[i], callbacks=[live.epoch]) for i, net, live in
+                   zip(todo, nets, lives)]
         histories = trainer.fit(members, splits, device, precision)
     else:
         from expkit.trainers import estimator as trainer
@@ -218,24 +220,25 @@ def _train_and_finish(cfgs, run_dirs, overrides, todo, summaries, splits, built,
         require(len(todo) == 1, f"model={first.model.name} is fitted once per run; it cannot be fused")
         device, precision = trainer.device_for(nets[0], device), "fp32"  # what really fits it (sklearn: CPU)
         histories = [trainer.fit(nets[0], splits, first)]
+        for row in histories[0].rows:
+            lives[0].epoch(row)
     wall = time.time() - t0
-    for i, (_, model), hist in zip(todo, built, histories):
+    for i, (_, model), hist, live in zip(todo, built, histories, lives):
         if len(todo) > 1:  # trained in one group: wall time and time_s are the group's
             hist.extras["fused_with"] = [run_dirs[j].name for j in todo]
         hist.extras["precision"] = precision
         if slot is not None:  # the box's GPU (its CUDA_VISIBLE_DEVICES id) this job was placed on
             hist.extras["gpu_slot"] = slot.device_id
-        summaries[i] = finish(cfgs[i], run_dirs[i], hist, model, splits, wall, device, overrides[i])
+        summaries[i] = finish(cfgs[i], run_dirs[i], hist, model, splits, wall, device, overrides[i], live)
         log.info("%s: test acc %.4f, val acc %.4f, %.1fs on %s -> %s", summaries[i]["status"],
                  summaries[i]["final"]["test_acc"], summaries[i]["final"]["val_acc"], wall, device, run_dirs[i])
     return summaries
 
 
-def finish(cfg, run_dir, history, model, splits, wall, device, overrides):
+def finish(cfg, run_dir, history, model, splits, wall, device, overrides, live=None):
     """Write a trained run's files, summary.json last; the one path for plain and fused runs."""
     import torch
 
-    from expkit import loggers
     from expkit.report import outputs
 
     summary = outputs.summarize(cfg, history, model, splits, wall, device, overrides)
@@ -243,7 +246,8 @@ def finish(cfg, run_dir, history, model, splits, wall, device, overrides):
     outputs.save(run_dir, cfg, history, model, splits, summary)
     _write_json(run_dir / SUMMARY, summary)  # last: marks the run finished
     (run_dir / "checkpoint.pt").unlink(missing_ok=True)
-    loggers.log_run(cfg, run_dir, history.rows, summary)  # tensorboard/mlflow: replays the saved rows
+    if live is not None:
+        live.close(summary)  # tensorboard/mlflow had every epoch live; now the summary and status
     return summary
 
 

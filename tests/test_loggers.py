@@ -67,3 +67,39 @@ def _has(module):
         return True
     except ImportError:
         return False
+
+
+@pytest.mark.parametrize("backend", ["tensorboard", "mlflow"])
+def test_a_run_killed_half_way_has_its_finished_epochs_in_the_logger(tmp_path, monkeypatch, backend):
+    """Live: each epoch goes to the logger as it ends (the trainer's per-epoch callback)."""
+    pytest.importorskip(backend, reason="pip install -e '.[loggers]'")
+    from conftest import compose_cfg
+    from expkit.run import run
+    from expkit.trainers import torch as trainer
+
+    data = write_countries(tmp_path / "d", n=200)
+    uri = f"sqlite:///{tmp_path / 'ml' / 'mlflow.db'}"
+    cfg = compose_cfg([f"data.root={data}", "trainer.epochs=5", f"logger={backend}", f"logger.tracking_uri={uri}",
+                       "name=live"] if backend == "mlflow" else [f"data.root={data}", "trainer.epochs=5", f"logger={backend}"])
+    real = trainer._stop_or_go
+
+    def killed(m, row, epoch, t, k):
+        if epoch == 2:
+            raise KeyboardInterrupt  # killed after its third epoch ended
+        real(m, row, epoch, t, k)
+
+    monkeypatch.setattr(trainer, "_stop_or_go", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "r")
+    if backend == "tensorboard":
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(str(tmp_path / "r" / "tensorboard")).Reload()
+        assert [e.step for e in acc.Scalars("val/acc")] == [1, 2, 3]
+    else:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        run_, = client.search_runs([client.get_experiment_by_name("live").experiment_id])
+        assert sorted(m.step for m in client.get_metric_history(run_.info.run_id, "val_acc")) == [1, 2, 3]
+        assert run_.info.status == "RUNNING" and run_.data.tags["expkit.status"] == "running"

@@ -45,6 +45,7 @@ class Member:
     shuffle: object = None  # torch.Generator: the batch order (saved and restored on resume)
     draws: object = None    # torch.Generator on the device: augmentation draws
     fingerprint: str = ""   # the config that may resume from this member's checkpoint
+    callbacks: list = field(default_factory=list)  # called with each epoch's row as it ends (live loggers)
 
 
 def loss_and_hits(logits, y):
@@ -333,6 +334,8 @@ class Loop:
                     row[f"grad_sq_bias_layer{layer}"] = grad_sq[g, 1, j].item() / self.steps_per_epoch
                 row["time_s"] = dt  # fused: the group's epoch, all members trained in this time
                 m.hist.rows.append(row)
+                for callback in m.callbacks:
+                    callback(row)
                 if t.record_steps:
                     m.steps.append(step_losses[j].cpu().numpy())
                 _stop_or_go(m, row, epoch, t, k)
