@@ -5,7 +5,6 @@ import re
 import sys
 from pathlib import Path
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 _state = {"failed_jobs": 0}
 
 
@@ -24,7 +23,9 @@ def full_error():
 
 def group_options(group):
     """The options of a config group, nested ones as 'ex4/lr', from expkit's conf/."""
-    root = CONF / group
+    from expkit.__main__ import conf_dir
+
+    root = Path(conf_dir()) / group
     return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")) if root.is_dir() else []
 
 
@@ -66,7 +67,7 @@ def _one_line(ex):
 def report_config_errors():
     """Make config and sweep-definition errors one line and exit code 2 (user error), not a traceback.
 
-    Errors raised while a job runs are not touched here: expkit.run handles user errors
+    Errors raised while a job runs are not touched here: expkit.runner handles user errors
     itself, and programming errors propagate with their full traceback. HYDRA_FULL_ERROR=1
     shows the traceback of everything.
     """

@@ -37,7 +37,7 @@ def main(argv=None):
     from omegaconf import OmegaConf
 
     from expkit.errors import UserError
-    from expkit.run import run
+    from expkit.runner import run
 
     cfg = OmegaConf.load(args.job / "config.yaml")
     try:

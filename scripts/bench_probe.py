@@ -36,7 +36,7 @@ def subset(splits, n, seed=0):
 
 
 def one_run(cfg, splits, lr, run_dir):
-    """Build + train one linear probe at lr, as expkit.run.run_group does; returns seconds."""
+    """Build + train one linear probe at lr, as expkit.runner.run_group does; returns seconds."""
     import torch
     from omegaconf import OmegaConf
 

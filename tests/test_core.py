@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, SHARED, compose_cfg, run_cli, write_countries
-from expkit.run import run
+from expkit.runner import run
 
 FILES = ["metrics.csv", "summary.json", "config.yaml", "predictions.csv", "model.pt", "curves.png", "boundary.npz"]
 

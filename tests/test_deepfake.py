@@ -11,7 +11,7 @@ from conftest import compose_cfg, load_for, run_cli
 from expkit import features
 from expkit.data import images, load
 from expkit.errors import Skipped
-from expkit.run import run
+from expkit.runner import run
 
 TINY = ["data.resize=20", "data.crop=16", "trainer.threads=1", "trainer.epochs=1", "trainer.batch_size=8"]
 
@@ -82,7 +82,7 @@ def test_linear_probe_trains_only_the_head_and_keeps_batchnorm_stats(folder, wei
     import json
 
     from expkit.models import build, input_transform
-    from expkit.run import run
+    from expkit.runner import run
 
     c = cfg(folder, "model=resnet18", "model.mode=linear_probe", f"model.weights_path={weights}",
             f"model.feature_cache={str(cached).lower()}")

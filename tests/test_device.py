@@ -84,7 +84,7 @@ def test_determinism_switch():
 
 
 def test_checkpoint_from_another_device_or_precision_is_one_line(countries_root, tmp_path, monkeypatch):
-    from expkit.run import run
+    from expkit.runner import run
     from expkit.trainers import torch as trainer
 
     cfg = compose_cfg([f"data.root={countries_root}", "trainer.epochs=3", "trainer.checkpoint_every_s=0"])
@@ -150,7 +150,7 @@ def test_evaluation_runs_in_fp32_whatever_the_training_precision(countries_root,
     """bf16 autocast trains (here on the CPU); the recorded val loss is the fp32 loss of the model."""
     from expkit.data import load
     from expkit.models import build
-    from expkit.run import run
+    from expkit.runner import run
 
     cfg = compose_cfg([f"data.root={countries_root}", "trainer.epochs=1", "trainer.precision=bf16"])
     s = run(cfg, tmp_path / "r")

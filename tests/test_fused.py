@@ -24,7 +24,7 @@ from conftest import SHARED, compose_cfg, run_cli
 from expkit.config import validate
 from expkit.data import load
 from expkit.models import build
-from expkit.run import run
+from expkit.runner import run
 from expkit.trainers import torch as trainer
 
 METRICS = ["train_loss", "val_loss", "test_loss", "train_acc", "val_acc", "test_acc"]

@@ -13,7 +13,7 @@ from expkit.config import validate
 from expkit.data import Split, Splits, load
 from expkit.errors import UserError
 from expkit.models import build
-from expkit.run import run
+from expkit.runner import run
 
 _spec = importlib.util.spec_from_file_location("make_fixtures", ROOT / "scripts" / "make_fixtures.py")
 fx = importlib.util.module_from_spec(_spec)

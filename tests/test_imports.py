@@ -165,10 +165,10 @@ def test_tables_do_not_import_matplotlib():
 
 def test_data_never_imports_models_or_trainers():
     """Data flows one way: config -> data -> model -> trainer. The model's input transform and any
-    frozen-feature cache are chosen in expkit/run.py, in plain sight."""
+    frozen-feature cache are chosen in expkit/runner.py, in plain sight."""
     graph = import_graph()
     below = {m: deps for m, deps in graph.items() if m.startswith("expkit.data")}
     bad = {m: sorted(d for d in deps if d.startswith(("expkit.models", "expkit.trainers", "expkit.features",
-                                                         "expkit.run")))
+                                                         "expkit.runner")))
            for m, deps in below.items()}
     assert not any(bad.values()), bad

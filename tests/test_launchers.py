@@ -37,7 +37,7 @@ def test_parallel_launcher_gives_the_basic_table_with_one_thread_per_job(tmp_pat
     table, threads = _sweep(tmp_path, data, launcher)
     assert list(table["optim.lr"]) == [1, 0.01, 0.001, 1e-4] and set(table.status) == {"completed"}
     pd.testing.assert_frame_equal(table[["optim.lr", *METRICS]], basic[["optim.lr", *METRICS]])
-    # a small MLP trains on 1 thread whatever the launcher (expkit.run.SMALL_MODEL); the launcher
+    # a small MLP trains on 1 thread whatever the launcher (expkit.runner.SMALL_MODEL); the launcher
     # shares are checked on pick_threads itself below
     assert basic_threads == threads == [1] * 4
 
@@ -46,7 +46,7 @@ def test_slurm_preset_sets_the_cluster_knobs_and_the_job_threads():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[launchers]'")
     from hydra.core.hydra_config import HydraConfig
 
-    from expkit.run import pick_threads
+    from expkit.runner import pick_threads
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=3"], return_hydra_config=True)
@@ -94,7 +94,7 @@ def test_thread_share_per_launcher():
     """basic: all cores for one job at a time; joblib n_jobs=-1 on this machine: 1 each."""
     from hydra.core.hydra_config import HydraConfig
 
-    from expkit.run import pick_threads
+    from expkit.runner import pick_threads
 
     for launcher, want in (("basic", CORES), ("joblib", 1)):
         if launcher == "joblib":

@@ -74,7 +74,7 @@ def test_a_run_killed_half_way_has_its_finished_epochs_in_the_logger(tmp_path, m
     """Live: each epoch goes to the logger as it ends (the trainer's per-epoch callback)."""
     pytest.importorskip(backend, reason="pip install -e '.[loggers]'")
     from conftest import compose_cfg
-    from expkit.run import run
+    from expkit.runner import run
     from expkit.trainers import torch as trainer
 
     data = write_countries(tmp_path / "d", n=200)

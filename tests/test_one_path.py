@@ -16,7 +16,7 @@ import torch
 from conftest import compose_cfg, load_for, run_cli
 from expkit.config import validate
 from expkit.models import build
-from expkit.run import run_group
+from expkit.runner import run_group
 from expkit.stack import stack, unstack
 from expkit.trainers import torch as trainer
 from test_deepfake import folder, weights  # noqa: F401  (fixtures)

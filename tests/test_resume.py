@@ -158,7 +158,7 @@ def test_checkpoints_are_written_by_elapsed_time(tmp_path, monkeypatch, every, s
     """A checkpoint costs a write; it is made at the end of the first epoch that ends at least
     trainer.checkpoint_every_s after the last one (never after the last epoch)."""
     from conftest import compose_cfg
-    from expkit.run import run
+    from expkit.runner import run
     from expkit.trainers import torch as trainer
 
     data = write_countries(tmp_path / "d", n=200)

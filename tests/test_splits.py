@@ -15,7 +15,7 @@ from conftest import ROOT, compose_cfg, load_for, run_cli, write_countries
 from expkit.config import validate
 from expkit.data import Split, Splits, carve
 from expkit.errors import UserError
-from expkit.run import run
+from expkit.runner import run
 
 _spec = importlib.util.spec_from_file_location("make_fixtures", ROOT / "scripts" / "make_fixtures.py")
 fx = importlib.util.module_from_spec(_spec)

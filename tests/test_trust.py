@@ -154,7 +154,7 @@ def test_gradient_metric_is_the_weight_matrix_norm(countries_root, tmp_path):
     """One full-batch step per epoch: epoch 1's value is ||dL/dW||^2 at initialisation, by hand."""
     from expkit.data import load
     from expkit.models import build
-    from expkit.run import run
+    from expkit.runner import run
 
     over = [f"data.root={countries_root}", "trainer.epochs=1", "trainer.batch_size=100000", "trainer.grad_layers=[0,3]"]
     run(compose_cfg(over), tmp_path / "r")

@@ -1,6 +1,6 @@
 """`hydra/launcher=fused`: the jobs of a batch that differ only in seed, optim.lr,
 optim.weight_decay or optim.momentum train together as one run with K members
-(expkit.run.run_group -> expkit/trainers/torch.py, stacked by expkit/stack.py).
+(expkit.runner.run_group -> expkit/trainers/torch.py, stacked by expkit/stack.py).
 
     python train.py -m optim.lr=1,0.01,0.001,0.0001 hydra/launcher=fused
     python train.py -m experiment=hw6/synth_kernels seed=1,2,3,4 hydra/launcher=fused
@@ -100,9 +100,9 @@ class FusedLauncher(Launcher):
 
 
 def run_members(group, dirs):
-    """expkit.run.run_group on the group; any failure is recorded in every member's summary."""
+    """expkit.runner.run_group on the group; any failure is recorded in every member's summary."""
     from expkit.errors import ForeignDir, Skipped, UserError
-    from expkit.run import SUMMARY, _write_json, run_group
+    from expkit.runner import SUMMARY, _write_json, run_group
 
     handlers = _member_logs(group, dirs)
     t0 = time.time()
@@ -130,7 +130,7 @@ def plan(jobs):
     """Units in job order: lists of jobs trained together, or single jobs (with why_alone)."""
     from expkit.config import validate
     from expkit.errors import UserError
-    from expkit.run import FUSIBLE, group_key, not_fusible
+    from expkit.runner import FUSIBLE, group_key, not_fusible
 
     groups = {}
     for j in jobs:

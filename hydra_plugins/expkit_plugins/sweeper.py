@@ -121,7 +121,7 @@ def canonical(task_cfg) -> str:
 
 def existing_jobs(sweep_dir: Path):
     """{config identity: (job dir name, finished?)} of the job dirs already in a sweep dir."""
-    from expkit.run import SUMMARY
+    from expkit.runner import SUMMARY
 
     found = {}
     for f in sorted(sweep_dir.glob("*/.hydra/config.yaml")):
@@ -240,7 +240,7 @@ class ExpkitSweeper(Sweeper):
 def record_lost_jobs(sweep_dir: Path, batch, ex):
     """Jobs of a batch that the launcher lost without a summary: failed rows saying why (the sweep
     exits 1); re-running the sweep re-runs them, resuming from their checkpoints."""
-    from expkit.run import SUMMARY, _write_json
+    from expkit.runner import SUMMARY, _write_json
 
     msg = f"launcher lost this job: {type(ex).__name__}: {(str(ex).splitlines() or [''])[0][:200]}"
     log.error("%s (jobs %s)", msg, ", ".join(name for _, name, _ in batch))

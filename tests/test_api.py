@@ -1,0 +1,67 @@
+"""expkit as a tool: the Python API, and `pip install .` giving the `expkit` command with every preset."""
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+import expkit
+from conftest import ROOT
+
+
+def test_run_from_python_writes_under_the_current_dir_and_can_repeat(countries_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = expkit.run([f"data.root={countries_root}", "trainer.epochs=2"])
+    second = expkit.run([f"data.root={countries_root}", "trainer.epochs=1", "optim.lr=0.01"])
+    assert os.getcwd() == str(tmp_path)  # never changes the working directory
+    assert first.summary["status"] == second.summary["status"] == "completed"
+    assert first.dir != second.dir and str(first.dir).startswith("outputs/default/")
+    assert list(first.metrics.epoch) == [1, 2] and len(second.metrics) == 1
+    again = expkit.load(tmp_path / first.dir)
+    assert again.summary == first.summary and again.metrics.equals(first.metrics)
+
+
+def test_sweep_from_python_returns_the_table(countries_root, tmp_path):
+    table = expkit.sweep([f"data.root={countries_root}", "trainer.epochs=1", "optim.lr=0.1,0.01"],
+                         sweep_dir=tmp_path / "s")
+    assert list(table["optim.lr"]) == [0.1, 0.01] and (table.status == "completed").all()
+    assert expkit.load(tmp_path / "s").equals(table)
+    with pytest.raises(RuntimeError, match="unknown experiment"):
+        expkit.sweep(["experiment=ex4/lrr"], sweep_dir=tmp_path / "bad")
+    with pytest.raises(FileNotFoundError):
+        expkit.load(tmp_path / "bad")
+
+
+@pytest.mark.slow
+def test_pip_install_gives_the_expkit_command_with_every_preset(countries_root, tmp_path):
+    """A non-editable install into a fresh venv (torch and friends from this environment), then the
+    command from an unrelated directory: one run, a sweep with its table, a user's own preset."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    r = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", str(ROOT)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    work = tmp_path / "elsewhere"
+    (work / "mine" / "experiment").mkdir(parents=True)
+    (work / "mine" / "experiment" / "narrow.yaml").write_text("# @package _global_\nname: narrow\nmodel:\n  width: 8\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    expkit_cmd = str(venv / "bin" / "expkit")
+
+    def cli(*args):  # flags (-m, --config-dir DIR) first, as Hydra's command line wants them
+        return subprocess.run([expkit_cmd, *args, f"data.root={countries_root}", "trainer.epochs=1"], cwd=work, env=env,
+                              capture_output=True, text=True)
+
+    r = cli()
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(list((work / "outputs" / "default").glob("*/summary.json"))) == 1
+    r = cli("-m", "optim.lr=0.1,0.01", f"hydra.sweep.dir={work / 's'}")
+    assert r.returncode == 0 and "optim.lr  status" in r.stdout, r.stderr[-2000:]
+    assert len(pd.read_csv(work / "s" / "results.csv")) == 2
+    r = cli("-m", "experiment=ex4/lr", f"hydra.sweep.dir={work / 'lr'}")  # a packaged preset
+    assert r.returncode == 0 and len(pd.read_csv(work / "lr" / "results.csv")) == 4, r.stderr[-2000:]
+    r = cli("--config-dir", str(work / "mine"), "experiment=narrow")  # the user's own preset
+    assert r.returncode == 0 and list((work / "outputs" / "narrow").glob("*/summary.json")), r.stderr[-2000:]
+    installed = subprocess.run([str(venv / "bin" / "python"), "-c", "import expkit; print(expkit.__file__)"],
+                               cwd=work, env=env, capture_output=True, text=True).stdout
+    assert str(venv) in installed  # the command ran the installed package, not this checkout
