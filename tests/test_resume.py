@@ -149,7 +149,7 @@ def test_killed_parallel_worker_is_a_failed_row_and_the_rerun_resumes(tmp_path):
     r = run_cli(*args[1:])
     assert r.returncode == 0, r.stderr[-2000:]
     assert set(pd.read_csv(sweep / "results.csv").status) == {"completed"}
-    resumed = [j for j in lost.job.astype(str) if "resumed from" in (sweep / j / "train.log").read_text()]
+    resumed = [j for j in lost.job.astype(str) if "resumed from" in (sweep / j / "expkit.log").read_text()]
     assert resumed  # a lost job goes on from its checkpoint
 
 

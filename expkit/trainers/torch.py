@@ -9,6 +9,7 @@ record, checkpoint], then each member's final evaluation.
 """
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -280,6 +281,7 @@ class Loop:
         grad_layers = [names[id(linears[i])] for i in t.grad_layers]
         x_train, y_train = self.data["train"]
         last_save, run = time.monotonic(), None
+        started = (start, time.perf_counter())
         for epoch in range(start, t.epochs):
             active = [m for m in members if not m.done]
             if not active:
@@ -297,7 +299,7 @@ class Loop:
             hits = torch.zeros(k, device=device)
             step_losses = torch.zeros(k, self.steps_per_epoch, device=device)
             grad_sq = torch.zeros(len(grad_layers), 2, k, device=device)
-            bar = Progress(epoch, t.epochs, self.steps_per_epoch)
+            bar = Progress(epoch, t.epochs, self.steps_per_epoch, started)
             for i in range(self.steps_per_epoch):
                 idx = order[:, i * bs:(i + 1) * bs]
                 xb, yb = _to(x_train[idx], device), _to(y_train[idx], device)
@@ -458,29 +460,50 @@ def _resume(m):
     log.info("resumed from %s after epoch %d", path, state["epoch"])
 
 
-class Progress:
-    """A progress bar on a terminal; one log line per epoch otherwise."""
+def _clock(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
-    def __init__(self, epoch, epochs, steps):
+
+class Progress:
+    """A progress bar with the epoch, the ETA and, in a sweep, the job (k/N, set by the sweeper as
+    EXPKIT_JOB) on a terminal; one plain log line per epoch, ETA included, otherwise."""
+    def __init__(self, epoch, epochs, steps, started):
         self.epoch, self.epochs, self.steps = epoch, epochs, steps
+        self.first = started  # (first epoch trained by this process, its start time): the pace so far
         self.tty = sys.stderr.isatty()
         self.every = max(1, steps // 50)
+        job = os.environ.get("EXPKIT_JOB")
+        self.job = f"job {job} " if job else ""
+
+    def eta(self, done_steps):
+        """Seconds left in the run, from this run's pace so far."""
+        first_epoch, t_start = self.first
+        done = (self.epoch - first_epoch) * self.steps + done_steps
+        if done <= 0:
+            return None
+        left = (self.epochs - self.epoch) * self.steps - done_steps
+        return (time.perf_counter() - t_start) / done * left
 
     def update(self, i):
         if self.tty and i % self.every == 0:
             k = 30 * (i + 1) // self.steps
-            sys.stderr.write(f"\repoch {self.epoch + 1}/{self.epochs} [{'#' * k}{'.' * (30 - k)}] {i + 1}/{self.steps}")
+            eta = self.eta(i + 1)
+            sys.stderr.write(f"\r{self.job}epoch {self.epoch + 1}/{self.epochs} [{'#' * k}{'.' * (30 - k)}] "
+                             f"{i + 1}/{self.steps}" + (f"  ETA {_clock(eta)}" if eta is not None else ""))
             sys.stderr.flush()
 
     def done(self, active, epoch, dt):
         if self.tty:
             sys.stderr.write("\r\033[K")
+        eta = self.eta(self.steps)
+        tail = f"  ETA {_clock(eta)}" if eta else ""
         rows = [m.hist.rows[-1] for m in active]
         if len(rows) == 1:
             r = rows[0]
-            log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | test acc %.4f  (%.2fs)",
-                     r["epoch"], self.epochs, r["train_loss"], r["train_acc"], r["val_loss"], r["val_acc"],
-                     r["test_acc"], r["time_s"])
+            log.info("%sepoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | test acc %.4f  (%.2fs)%s",
+                     self.job, r["epoch"], self.epochs, r["train_loss"], r["train_acc"], r["val_loss"], r["val_acc"],
+                     r["test_acc"], r["time_s"], tail)
         else:
-            log.info("epoch %d/%d  %d members  val acc %s  (%.2fs)", epoch + 1, self.epochs, len(rows),
-                     " ".join(f"{r['val_acc']:.4f}" for r in rows), dt)
+            log.info("%sepoch %d/%d  %d members  val acc %s  (%.2fs)%s", self.job, epoch + 1, self.epochs, len(rows),
+                     " ".join(f"{r['val_acc']:.4f}" for r in rows), dt, tail)

@@ -82,7 +82,7 @@ class FusedLauncher(Launcher):
             rets[j.num] = self._run_job(j, mark)
         if len(group) > 1:
             log.info("fused group of %d: jobs %s (%s)", len(group), [j.num for j in group],
-                     "; ".join(" ".join(filter_overrides(j.overrides)) for j in group))
+                     "; ".join(" ".join(o for o in filter_overrides(j.overrides) if "hydra." not in o) for j in group))
         statuses = run_members(group, dirs)
         for j in group:
             rets[j.num].return_value, rets[j.num].status = statuses[j.num], JobStatus.COMPLETED
@@ -107,7 +107,8 @@ def run_members(group, dirs):
     handlers = _member_logs(group, dirs)
     t0 = time.time()
     try:
-        summaries = run_group([j.cfg for j in group], [dirs[j.num] for j in group], [j.overrides for j in group],
+        task = [[o for o in j.overrides if not o.lstrip("+~").startswith("hydra.")] for j in group]
+        summaries = run_group([j.cfg for j in group], [dirs[j.num] for j in group], task,
                               job_num=group[0].num)  # one GPU slot for the whole group
         return {j.num: s["status"] for j, s in zip(group, summaries)}
     except Exception as ex:  # the whole group failed: record it in every member, as a sweep job would

@@ -222,6 +222,8 @@ class ExpkitSweeper(Sweeper):
                 known[ident] = (name, False)
             sub = str((sweep_dir / name).relative_to(root))
             todo.append((list(job) + [f"hydra.sweep.subdir={sub}"], name, config))
+        for k, (overrides, _, _) in enumerate(todo, 1):  # "job k/N" in each job's progress line
+            overrides.append(f"+hydra.job.env_set.EXPKIT_JOB='{k}/{len(todo)}'")
         return todo
 
     def _launch(self, todo, sweep_dir, root):
@@ -250,5 +252,5 @@ def record_lost_jobs(sweep_dir: Path, batch, ex):
             (job_dir / ".hydra").mkdir(parents=True, exist_ok=True)
             if not (job_dir / ".hydra" / "config.yaml").exists():  # so a re-run finds this job by its config
                 OmegaConf.save(config, job_dir / ".hydra" / "config.yaml")
-            task = [o for o in overrides if not o.startswith("hydra.")]
+            task = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
             _write_json(job_dir / SUMMARY, {"status": "failed", "error": msg, "overrides": task})
