@@ -3,7 +3,7 @@
 Python API (expkit/api.py): expkit.run(overrides) -> Result(dir, summary, metrics),
 expkit.sweep(overrides) -> pandas.DataFrame, expkit.load(path).
 """
-__version__ = "0.1.0"
+from expkit.version import __version__  # noqa: F401
 
 
 def run(overrides=(), dir=None):

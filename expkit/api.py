@@ -33,7 +33,7 @@ def compose(overrides: Sequence[str] = ()):
     """The composed config for these overrides, as the command line composes it."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    from expkit.__main__ import conf_dir, register_plugins
+    from expkit.cli import conf_dir, register_plugins
 
     register_plugins()
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):

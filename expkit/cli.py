@@ -1,4 +1,5 @@
-"""Process-level glue for train.py: one-line config errors and the sweep's exit status."""
+"""Process-level glue for the entrypoints (train.py, the expkit command, the Python API): where the
+configs are, expkit's Hydra plugins, one-line config errors and the sweep's exit status."""
 import difflib
 import os
 import re
@@ -21,10 +22,35 @@ def full_error():
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
+def conf_dir() -> str:
+    """The configs: conf/ beside the expkit package in a checkout, else the installed expkit.conf
+    (expkit/conf/ of a wheel; conf/ of an editable install)."""
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    checkout = Path(__file__).resolve().parents[1] / "conf"
+    if (checkout / "config.yaml").is_file():
+        return str(checkout)
+    spec = find_spec("expkit.conf")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("error: expkit's configs (expkit/conf) are missing from this install; reinstall expkit")
+    return list(spec.submodule_search_locations)[0]
+
+
+def register_plugins():
+    """expkit's sweeper and fused launcher register their configs on import. Hydra finds plugins by
+    scanning the hydra_plugins namespace, which an editable install's import hook hides: import
+    them by name so they are there however expkit was installed."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.expkit_plugins.fused_launcher import FusedLauncher
+    from hydra_plugins.expkit_plugins.sweeper import ExpkitSweeper
+
+    for plugin in (ExpkitSweeper, FusedLauncher):
+        Plugins.instance().register(plugin)  # Hydra's documented manual registration
+
 def group_options(group):
     """The options of a config group, nested ones as 'ex4/lr', from expkit's conf/."""
-    from expkit.__main__ import conf_dir
-
     root = Path(conf_dir()) / group
     return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")) if root.is_dir() else []
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from expkit import __version__
+from expkit.version import __version__
 from expkit.cache import atomic_write
 
 
