@@ -223,7 +223,7 @@ class ExpkitSweeper(Sweeper):
             sub = str((sweep_dir / name).relative_to(root))
             todo.append((list(job) + [f"hydra.sweep.subdir={sub}"], name, config))
         for k, (overrides, _, _) in enumerate(todo, 1):  # "job k/N" in each job's progress line
-            overrides.append(f"+hydra.job.env_set.EXPKIT_JOB='{k}/{len(todo)}'")
+            overrides.append(f"++hydra.job.env_set.EXPKIT_JOB='{k}/{len(todo)}'")
         return todo
 
     def _launch(self, todo, sweep_dir, root):
