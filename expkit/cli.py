@@ -43,6 +43,10 @@ def register_plugins():
     them by name so they are there however expkit was installed."""
     from hydra.core.plugins import Plugins
 
+    from expkit.config import register_schemas
+
+    register_schemas()  # the base schemas of the trainer/optim/logger/report groups
+
     from hydra_plugins.expkit_plugins.fused_launcher import FusedLauncher
     from hydra_plugins.expkit_plugins.sweeper import ExpkitSweeper
 
@@ -83,6 +87,9 @@ def _one_line(ex):
         msg += f" (available: {', '.join(opts)})"
     if ("Could not find" in msg or "Could not load" in msg) and ("hydra/launcher/" in msg or "hydra/sweeper/" in msg):
         msg += "; the joblib/submitit launchers and the optuna sweeper are extras: pip install -e \".[launchers,hpo]\""
+    if msg.startswith("Error merging override") and ex.__cause__ is not None:  # the schema says why
+        cause = str(ex.__cause__).splitlines()[0]
+        msg = f"{msg}: {cause} (`python train.py --cfg job` shows every key and its type)"
     if msg.startswith("Could not override"):
         key = msg.split("'")[1] if "'" in msg else "?"
         msg = (f"unknown config key {key!r}: check its spelling against `python train.py --cfg job` "

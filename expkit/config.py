@@ -1,6 +1,10 @@
 """Config schemas: every key a run reads is declared here or in its data/model module.
 
-A typo or a wrong type fails before anything runs, with one line naming the key.
+The trainer, optim, logger and report groups take their defaults from the dataclasses below and
+nowhere else: their YAML files start from these schemas (registered as base_<group>, see
+register_schemas) and set only what differs, so a wrong type fails when Hydra composes the
+config (`--cfg job` included). Data and model options are checked by `validate`, before
+anything runs. Either way: one line naming the key.
 """
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
@@ -13,15 +17,15 @@ from expkit.errors import UserError, require
 
 @dataclass
 class OptimConf:
-    name: str = "adam"
+    name: str = "adam"         # adam | sgd
     lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.0
+    weight_decay: float = 0.0  # L2, added to the gradient (torch's Adam/SGD weight_decay)
+    momentum: float = 0.0      # sgd only
 
 
 @dataclass
 class EarlyStopConf:
-    patience: int = 0
+    patience: int = 0          # 0 = off; else stop after this many epochs improving val loss by < min_delta
     min_delta: float = 1e-4
 
 
@@ -30,24 +34,24 @@ class TrainerConf:
     epochs: int = 50
     batch_size: int = 256
     eval_batch_size: int = 1024
-    device: str = "auto"
-    precision: str = "auto"
-    deterministic: bool = False
-    data_on_device_share: float = 0.5
-    jobs_per_gpu: Optional[int] = None
-    threads: Optional[int] = None
-    record_steps: bool = False
-    grad_layers: List[int] = field(default_factory=list)
-    compile: bool = False
-    checkpoint: bool = True
-    checkpoint_every_s: float = 30.0
+    device: str = "auto"                 # auto | cpu | cuda | cuda:N (expkit/device.py: auto keeps small MLPs on the CPU)
+    precision: str = "auto"              # auto | fp32 | bf16 | fp16-mixed (auto: bf16 for large conv models on CUDA)
+    deterministic: bool = False          # deterministic cuDNN/cuBLAS kernels on CUDA (CPU runs are deterministic anyway)
+    data_on_device_share: float = 0.5    # data larger than this share of free device memory streams from the host
+    jobs_per_gpu: Optional[int] = None   # a sweep's jobs at once per GPU (null: mlp 4, cnn 2, resnet18 1)
+    threads: Optional[int] = None        # torch threads; null = this job's share of the cores (1 below 1M parameters)
+    record_steps: bool = False           # also save the train loss of every step (steps.csv)
+    grad_layers: List[int] = field(default_factory=list)  # MLP Linear layers whose mean ||dW||^2 per epoch is saved
+    compile: bool = False                # torch.compile the model (never fused)
+    checkpoint: bool = True              # a re-run in the same dir resumes from checkpoint.pt
+    checkpoint_every_s: float = 30.0     # save at the first epoch end this long after the last save (0: every epoch)
     save_model: bool = True
     early_stop: EarlyStopConf = field(default_factory=EarlyStopConf)
 
 
 @dataclass
 class ReportConf:
-    plots: List[Any] = field(default_factory=list)
+    plots: List[Any] = field(default_factory=list)  # the plots a sweep's report draws: {kind: NAME, ...options}
 
 
 @dataclass
@@ -56,6 +60,17 @@ class LoggerConf:
     dir: Optional[str] = None           # tensorboard: default <run dir>/tensorboard
     tracking_uri: Optional[str] = None  # mlflow: default sqlite:///outputs/mlflow.db
     experiment: Optional[str] = None    # mlflow experiment: default `name`
+
+
+def register_schemas():
+    """The groups' base schemas in Hydra's ConfigStore (Hydra's documented structured-config
+    pattern: conf/trainer/default.yaml starts with `defaults: [base_trainer, _self_]`)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for group, node in (("trainer", TrainerConf), ("optim", OptimConf), ("logger", LoggerConf),
+                        ("report", ReportConf)):
+        cs.store(group=group, name=f"base_{group}", node=node, provider="expkit")
 
 
 TOP_LEVEL = {"data", "model", "optim", "trainer", "report", "seed", "name", "logger"}

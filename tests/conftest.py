@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
+from expkit.cli import register_plugins
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 os.environ.setdefault("EXPKIT_CACHE", str(ROOT / ".cache" / "test"))
+register_plugins()  # expkit's sweeper, fused launcher and group schemas, as every entrypoint does
 
 
 def compose_cfg(overrides=(), name="config"):

@@ -204,3 +204,14 @@ def test_progress_lines_name_the_job_and_the_eta(countries_root, tmp_path):
     assert r.returncode == 0 and "job 1/2 epoch 1/2" in out and "job 2/2 epoch 2/2" in out, out[-2000:]
     assert "ETA 0m0" in out  # plain lines off a terminal, with the time left
     assert "\x1b[" not in (tmp_path / "s" / "0" / "expkit.log").read_text()  # no terminal codes in the log file
+
+
+def test_types_are_checked_when_the_config_is_composed():
+    """trainer/optim/logger/report take their defaults and types from expkit/config.py's schemas
+    (one source), so even `--cfg job` rejects a wrong type."""
+    r = run_cli("trainer.epochs=abc", "--cfg", "job")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "could not be converted to Integer" in lines[0], r.stderr
+    text = (ROOT / "conf" / "trainer" / "default.yaml").read_text()
+    assert "epochs" not in text  # the default lives in TrainerConf only
+    assert "epochs: 50" in run_cli("--cfg", "job").stdout
