@@ -157,3 +157,12 @@ def test_a_killed_group_resumes_and_a_rerun_skips_finished_members(countries_roo
     mtimes = [(d / "summary.json").stat().st_mtime_ns for d in dirs]
     again = run_group(cfgs, dirs, [[], []])  # finished members are skipped, nothing rewritten
     assert [(d / "summary.json").stat().st_mtime_ns for d in dirs] == mtimes and again[0]["status"] == "completed"
+
+
+def test_what_does_not_fuse_says_why():
+    from expkit.runner import not_fusible
+
+    assert not_fusible(validate(compose_cfg([]))) is None
+    assert "compile" in not_fusible(validate(compose_cfg(["trainer.compile=true"])))
+    assert "fp16-mixed" in not_fusible(validate(compose_cfg(["trainer.precision=fp16-mixed"])))
+    assert "estimator" in not_fusible(validate(compose_cfg(["model=xgboost"])))

@@ -215,11 +215,12 @@ def fit(members, splits, device, precision="fp32"):
     Histories, each with test probabilities."""
     t_cfg = members[0].cfg.trainer
     n = len(splits.train)
-    require(not (has_batchnorm(members[0].model) and min(t_cfg.batch_size, n) == 1),
+    batchnorm = has_batchnorm(members[0].model)
+    require(not (batchnorm and min(t_cfg.batch_size, n) == 1),
             "BatchNorm cannot train on a batch of one sample: use trainer.batch_size >= 2 or model.batchnorm=false")
     require(not (t_cfg.compile and len(members) > 1), "trainer.compile=true runs alone (it is never fused)")
     require(not (precision == "fp16-mixed" and len(members) > 1), "fp16-mixed runs alone (it is never fused)")
-    loop = Loop(members[0].cfg, splits, device, has_batchnorm(members[0].model), precision)
+    loop = Loop(members[0].cfg, splits, device, batchnorm, precision)
     for m in members:
         m.hist = History(iterations_per_epoch=loop.steps_per_epoch)
         m.shuffle = torch.Generator().manual_seed(m.cfg.seed)
