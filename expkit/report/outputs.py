@@ -18,7 +18,7 @@ def summarize(cfg, hist, model, splits, wall, device, overrides):
     best = max(rows, key=lambda r: (r["val_acc"] if r["val_acc"] == r["val_acc"] else -1))
     n_params = sum(p.numel() for p in model.parameters()) if isinstance(model, torch.nn.Module) else None
     return {
-        "status": "diverged" if hist.diverged else "completed",
+        "status": "diverged" if hist.diverged else (hist.stopped_by or "completed"),
         "final": final,
         "best": {"epoch": best["epoch"], "val_acc": best["val_acc"], "val_loss": best["val_loss"],
                  "test_acc": best["test_acc"], "train_acc": best["train_acc"]},

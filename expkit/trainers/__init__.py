@@ -12,5 +12,6 @@ class History:
     iterations_per_epoch: int = 0
     diverged: bool = False
     stopped_early: bool = False
+    stopped_by: Optional[str] = None           # a callback's reason, e.g. "pruned" (an Optuna pruner)
     test_probs: Optional[np.ndarray] = None    # (n_test, n_classes) -> predictions.csv
     extras: dict = field(default_factory=dict)  # model-specific facts for summary.json

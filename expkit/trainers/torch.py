@@ -46,7 +46,9 @@ class Member:
     shuffle: object = None  # torch.Generator: the batch order (saved and restored on resume)
     draws: object = None    # torch.Generator on the device: augmentation draws
     fingerprint: str = ""   # the config that may resume from this member's checkpoint
-    callbacks: list = field(default_factory=list)  # called with each epoch's row as it ends (live loggers)
+    # called with each epoch's row as it ends (live loggers, an Optuna pruner); a callback that returns
+    # a reason (e.g. "pruned") stops this member after this epoch
+    callbacks: list = field(default_factory=list)
 
 
 def loss_and_hits(logits, y):
@@ -337,11 +339,13 @@ class Loop:
                     row[f"grad_sq_bias_layer{layer}"] = grad_sq[g, 1, j].item() / self.steps_per_epoch
                 row["time_s"] = dt  # fused: the group's epoch, all members trained in this time
                 m.hist.rows.append(row)
-                for callback in m.callbacks:
-                    callback(row)
+                stop = [reason for reason in (callback(row) for callback in m.callbacks) if reason]
                 if t.record_steps:
                     m.steps.append(step_losses[j].cpu().numpy())
                 _stop_or_go(m, row, epoch, t, k)
+                if stop and not m.done:
+                    m.hist.stopped_by, m.done = stop[0], True
+                    log.info("%sstopped after epoch %d: %s", f"member {j} " if k > 1 else "", epoch + 1, stop[0])
             bar.done(active, epoch, dt)
             # checkpoint by elapsed time: its cost is paid every checkpoint_every_s, not every epoch
             if t.checkpoint and epoch + 1 < t.epochs and time.monotonic() - last_save >= t.checkpoint_every_s:
