@@ -98,7 +98,8 @@ def set_determinism(deterministic, device):
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
         torch.use_deterministic_algorithms(True)
-    else:
+    elif torch.are_deterministic_algorithms_enabled():  # an earlier run in this process set it
+        # only when needed: the call imports torch._inductor (1 s of a 1-epoch run's start)
         torch.use_deterministic_algorithms(False)
     torch.backends.cudnn.deterministic = bool(deterministic)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
