@@ -48,10 +48,12 @@ def register_plugins():
     register_schemas()  # the base schemas of the trainer/optim/logger/report groups
 
     from hydra_plugins.expkit_plugins.fused_launcher import FusedLauncher
+    from hydra_plugins.expkit_plugins.optuna_sweeper import OptunaSweeper, store_config
     from hydra_plugins.expkit_plugins.sweeper import ExpkitSweeper
 
-    for plugin in (ExpkitSweeper, FusedLauncher):
+    for plugin in (ExpkitSweeper, FusedLauncher, OptunaSweeper):
         Plugins.instance().register(plugin)  # Hydra's documented manual registration
+    store_config()  # after Hydra's plugin scan: hydra/sweeper=optuna is expkit's, even if hydra-optuna-sweeper is installed
 
 def group_options(group):
     """The options of a config group, nested ones as 'ex4/lr', from expkit's conf/."""
@@ -86,7 +88,7 @@ def _one_line(ex):
     if "Could not find" in msg and opts:
         msg += f" (available: {', '.join(opts)})"
     if ("Could not find" in msg or "Could not load" in msg) and ("hydra/launcher/" in msg or "hydra/sweeper/" in msg):
-        msg += "; the joblib/submitit launchers and the optuna sweeper are extras: pip install -e \".[launchers,hpo]\""
+        msg += "; the joblib/submitit launchers are an extra: pip install -e \".[launchers]\""
     if msg.startswith("Error merging override") and ex.__cause__ is not None:  # the schema says why
         cause = str(ex.__cause__).splitlines()[0]
         msg = f"{msg}: {cause} (`python train.py --cfg job` shows every key and its type)"

@@ -1,10 +1,11 @@
-"""Config schemas: every key a run reads is declared here or in its data/model module.
+"""Config schemas: every key a run reads is declared here or in expkit/schemas.py (data, model).
 
-The trainer, optim, logger and report groups take their defaults from the dataclasses below and
-nowhere else: their YAML files start from these schemas (registered as base_<group>, see
-register_schemas) and set only what differs, so a wrong type fails when Hydra composes the
-config (`--cfg job` included). Data and model options are checked by `validate`, before
-anything runs. Either way: one line naming the key.
+Every group takes its defaults from these dataclasses and nowhere else: its YAML files start from
+a schema registered in Hydra's ConfigStore (base_<group> for trainer/optim/logger/report,
+base_data_<name> and base_model_<name> for the data and model options; see register_schemas)
+and set only what differs, so a wrong type or an unknown key fails when Hydra composes the config
+(`--cfg job` included), with one line naming the key. `validate` then checks values and how keys
+go together, before anything runs.
 """
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
@@ -13,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from expkit.errors import UserError, require
+from expkit.schemas import DATA_SCHEMAS, MODEL_SCHEMAS
 
 
 @dataclass
@@ -64,19 +66,25 @@ class LoggerConf:
 
 def register_schemas():
     """The groups' base schemas in Hydra's ConfigStore (Hydra's documented structured-config
-    pattern: conf/trainer/default.yaml starts with `defaults: [base_trainer, _self_]`)."""
+    pattern: conf/trainer/default.yaml starts with `defaults: [base_trainer, _self_]`,
+    conf/model/mlp.yaml with `defaults: [base_model_mlp, _self_]`)."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
     for group, node in (("trainer", TrainerConf), ("optim", OptimConf), ("logger", LoggerConf),
                         ("report", ReportConf)):
         cs.store(group=group, name=f"base_{group}", node=node, provider="expkit")
+    for group, schemas in (("data", DATA_SCHEMAS), ("model", MODEL_SCHEMAS)):
+        for name, node in schemas.items():
+            cs.store(group=group, name=f"base_{group}_{name}", node=node, provider="expkit")
 
 
 TOP_LEVEL = {"data", "model", "optim", "trainer", "report", "seed", "name", "logger"}
 
 
 def _check(section, schema, node):
+    if isinstance(node, DictConfig):  # as plain data: a composed node is typed already, and merging it
+        node = OmegaConf.to_container(node)  # as it is would let a key added by `+group.key=...` through
     try:
         return OmegaConf.merge(OmegaConf.structured(schema), node)
     except OmegaConfBaseException as ex:

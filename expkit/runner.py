@@ -3,7 +3,7 @@
 Everything a run leaves is in its Hydra run dir:
   metrics.csv, summary.json, config.yaml (resolved), predictions.csv, model file, curves.png
   (+ steps.csv, boundary.npz when recorded). summary.json is written last: its presence
-  means the run finished (status completed | diverged | failed).
+  means the run finished (status completed | diverged | pruned | failed).
 """
 import json
 import logging
@@ -67,16 +67,7 @@ def run_job(cfg):
         write_table(run_dir.parent)  # keep the sweep table current after every job
     elif cfg.get("report") and cfg.report.get("plots"):
         build_report(run_dir)  # a single-run preset's own plots
-    return sweeper_value(hc, summary)
-
-
-def sweeper_value(hc, summary):
-    """What the job returns to the sweeper: its status; to an optimizing sweeper (optuna) the best
-    validation accuracy (NaN when diverged), while a failed job's status string fails the trial."""
-    status = summary.get("status")
-    if "optuna" not in str(hc.sweeper.get("_target_", "")).lower() or status not in ("completed", "diverged"):
-        return status
-    return float(summary["best"]["val_acc"]) if status == "completed" else float("nan")
+    return summary.get("status")  # expkit's optuna sweeper reads the objective from summary.json
 
 
 # keys whose values do not change tensor shapes: runs that differ only in these may train fused
@@ -213,8 +204,10 @@ def _train_and_finish(cfgs, run_dirs, overrides, todo, summaries, splits, built,
     if kind == "torch":
         from expkit.trainers import torch as trainer
 
-        members = [trainer.Member(cfgs[i], net, run_dirs[i], callbacks=[live.epoch]) for i, net, live in
-                   zip(todo, nets, lives)]
+        from expkit.hpo import pruning_callback
+
+        members = [trainer.Member(cfgs[i], net, run_dirs[i], callbacks=[live.epoch] + [
+            cb for cb in [pruning_callback(run_dirs[i])] if cb]) for i, net, live in zip(todo, nets, lives)]
         histories = trainer.fit(members, splits, device, precision)
     else:
         from expkit.trainers import estimator as trainer

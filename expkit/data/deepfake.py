@@ -15,9 +15,8 @@ Images stay uint8 (decoded once, cached); `Splits.prepare` makes floats per batc
 import logging
 import os
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -25,6 +24,7 @@ from expkit.cache import cache_dir
 from expkit.data import Split, Splits
 from expkit.data.images import Transform, list_folder, load_cached, make_prepare
 from expkit.errors import require
+from expkit.schemas import DeepfakeConf as Conf  # noqa: F401 (declared once, there)
 
 log = logging.getLogger(__name__)
 TAKES_TRANSFORM = True  # the model's input transform (run.py passes it)
@@ -33,14 +33,6 @@ CLASSES = ("0_real", "1_fake")
 STANDIN = {"train": 1400, "val": 200, "test": 400}
 STANDIN_VERSION = "deepfake_standin_v1"
 STANDIN_SIZE = 256
-
-
-@dataclass
-class Conf:
-    name: str = "deepfake"
-    root: Optional[str] = None
-    resize: Optional[int] = None  # override the model's resize (shorter side), e.g. for tiny tests
-    crop: Optional[int] = None    # override the model's centre crop
 
 
 def transform_for(conf, transform=None) -> Transform:

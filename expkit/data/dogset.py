@@ -8,9 +8,7 @@ Splits: the csv's own partitions (train -> train, valid -> val, test -> test); t
 partition is never used for validation.
 """
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -18,17 +16,11 @@ from expkit.cache import atomic_write, cache_dir, key
 from expkit.data import Split, Splits
 from expkit.data.imageops import Normalize, channel_stats
 from expkit.errors import UserError, require
+from expkit.schemas import DogsetConf as Conf  # noqa: F401 (declared once, there)
 
 log = logging.getLogger(__name__)
 COLUMNS = ["filename", "partition", "numeric_label", "semantic_label"]
 PARTS = {"train": "train", "val": "valid", "test": "test"}
-
-
-@dataclass
-class Conf:
-    name: str = "dogset"
-    root: Optional[str] = None
-    image_size: int = 64  # images of another size are resized to this
 
 
 def load(conf) -> Splits:

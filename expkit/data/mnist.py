@@ -15,32 +15,20 @@ same split); they are never trained on. Training = a class-balanced subset of th
 (data.train_size; same seed). The test images are never used for validation.
 """
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from expkit.data import Split, Splits
 from expkit.data.imageops import Normalize, balanced_indices
 from expkit.errors import UserError, require
+from expkit.schemas import MnistConf as Conf  # noqa: F401 (declared once, there)
 
 log = logging.getLogger(__name__)
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 DIGITS_TRAIN_PER_CLASS = 150  # the embedded digits: 150 per class as the training file, the other 297 to test
 VAL_MAX = 1000  # data.val_size null: 10% of the training images, at most this many
-
-
-@dataclass
-class Conf:
-    name: str = "mnist"
-    root: Optional[str] = None
-    download: bool = False            # let torchvision download MNIST into root (internet)
-    train_size: Optional[int] = None  # class-balanced subset of the training images; null = all
-    val_size: Optional[int] = None    # class-balanced, carved from the training images; null = 10%, at most 1,000
-    test_size: int = 1000             # class-balanced subset of the test images
-    split_seed: int = 0               # seeds the validation carve and training subset (fixed: not the run's seed)
 
 
 def load(conf) -> Splits:

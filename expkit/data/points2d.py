@@ -7,23 +7,13 @@ set, untouched. Validation = 10% of the training half (at least 1 point), carved
 data.split_seed (default 0; not the run's seed, so a seed sweep keeps the same split) and never
 trained on; the model trains on the other 90%. The test half is never used for validation.
 """
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from expkit.data import Split, Splits, carve
 from expkit.errors import UserError, require
-
-
-@dataclass
-class Conf:
-    name: str = "points2d"
-    root: Optional[str] = None
-    n: int = 1000        # generated points
-    noise: float = 0.08  # generated points: Gaussian noise on the rings
-    split_seed: int = 0  # seeds the validation carve from the training half (fixed: not the run's seed)
+from expkit.schemas import Points2dConf as Conf  # noqa: F401 (declared once, there)
 
 
 def load(conf) -> Splits:

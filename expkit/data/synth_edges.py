@@ -8,26 +8,16 @@ run's seed, so a seed sweep keeps the same split): validation and test are disjo
 the one source (the course pickle holds only trainX/trainY); the test part never validates.
 """
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from expkit.data import Split, Splits
 from expkit.data.imageops import Normalize
 from expkit.errors import UserError, require
+from expkit.schemas import SynthEdgesConf as Conf  # noqa: F401 (declared once, there)
 
 NAMES = ("synth_data", "synth_data.pkl", "synth_data.pickle")
-
-
-@dataclass
-class Conf:
-    name: str = "synth_edges"
-    root: Optional[str] = None
-    n: int = 10000   # generated images (half per class); the course set has 10,000
-    noise: float = 0.1
-    scale: float = 255.0  # generated pixel range 0..scale: the course images are raw 0..255 intensities
 
 
 def generate(n, noise=0.1, seed=0, size=28):

@@ -1,7 +1,8 @@
 """Models, one module each, keyed by `model.name`.
 
-A module defines `Conf`, `KIND` ("torch": an nn.Module trained by trainers/torch.py, or
-"estimator": an sklearn-style object fit by trainers/estimator.py) and `build(conf, splits)`.
+A module defines `KIND` ("torch": an nn.Module trained by trainers/torch.py, or "estimator": an
+sklearn-style object fit by trainers/estimator.py) and `build(conf, splits)`; its `Conf`, the
+schema of `model`, is declared in expkit/schemas.py (MODEL_SCHEMAS) and imported from there.
 """
 import importlib
 
@@ -20,7 +21,11 @@ def _module(name):
 
 
 def model_schema(name):
-    return _module(name).Conf
+    """The schema of model `name` (expkit/schemas.py), without importing its module."""
+    from expkit.schemas import MODEL_SCHEMAS
+
+    require(name in MODELS, f"unknown model {name!r}; choose one of {sorted(MODELS)} (model=NAME)")
+    return MODEL_SCHEMAS[name]
 
 
 def model_kind(name):

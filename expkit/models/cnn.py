@@ -1,34 +1,14 @@
 """A small CNN by config: conv layers (filters, kernel, stride, padding, activation, max-pool),
 then optional hidden Linear layers, then a Linear output. Also `describe`: the output shape
 and parameter count of every layer of any torch model (saved in summary.json)."""
-from dataclasses import dataclass, field
-from typing import List
-
 import torch
 from torch import nn
 
 from expkit.errors import require
+from expkit.schemas import CnnConf as Conf, ConvConf  # noqa: F401 (declared once, there)
 
 KIND = "torch"
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "gelu": nn.GELU}
-
-
-@dataclass
-class ConvConf:
-    filters: int = 16
-    kernel: int = 3
-    stride: int = 1
-    padding: int = 0
-    activation: str = "relu"
-    pool: int = 2  # max-pool kernel (= stride) after the activation; 0 = none
-
-
-@dataclass
-class Conf:
-    name: str = "cnn"
-    convs: List[ConvConf] = field(default_factory=lambda: [ConvConf(16, 5), ConvConf(32, 5)])
-    hidden: List[int] = field(default_factory=list)  # Linear layers between the convs and the output
-    activation: str = "relu"                          # of the hidden Linear layers
 
 
 class CNN(nn.Module):

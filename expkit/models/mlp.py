@@ -1,28 +1,13 @@
 """MLP: [encoding] -> depth x (Linear [BatchNorm] act [+ residual]) -> Linear."""
-from dataclasses import dataclass
-from typing import List, Optional
-
 import torch
 from torch import nn
 
 from expkit.errors import require
+from expkit.schemas import MlpConf as Conf  # noqa: F401 (declared once, there)
 
 KIND = "torch"
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "gelu": nn.GELU}
 ALPHAS = [round(0.1 * i, 1) for i in range(1, 11)]
-
-
-@dataclass
-class Conf:
-    name: str = "mlp"
-    depth: int = 6
-    width: int = 16
-    hidden: Optional[List[int]] = None
-    batchnorm: bool = False
-    activation: str = "relu"
-    residual: bool = False
-    encoding: str = "raw"
-    standardize: bool = False
 
 
 class Sines(nn.Module):

@@ -9,26 +9,17 @@ computation without the backbone forward on every step.
 """
 import hashlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from expkit.data.images import IMAGENET, Transform
 from expkit.errors import Skipped, UserError, require
+from expkit.schemas import ResNet18Conf as Conf  # noqa: F401 (declared once, there)
 
 log = logging.getLogger(__name__)
 KIND = "torch"
 MODES = ("scratch", "linear_probe", "finetune")
 WEIGHTS_FILE = "resnet18-f37072fd.pth"  # torchvision ResNet18_Weights.IMAGENET1K_V1
 EVAL_CHUNK = 64  # eval forward in chunks: memory stays bounded whatever trainer.eval_batch_size is
-
-
-@dataclass
-class Conf:
-    name: str = "resnet18"
-    mode: str = "scratch"
-    weights_path: Optional[str] = None  # null = torch hub cache: <hub>/checkpoints/resnet18-f37072fd.pth
-    feature_cache: bool = True          # linear_probe: train the head on cached frozen features
 
 
 def _check_mode(conf):

@@ -4,20 +4,12 @@
 Inputs are the data's arrays flattened to one row per sample (images: their raw pixels).
 """
 import importlib
-from dataclasses import dataclass, field
-from typing import Any, Dict
 
 from expkit.errors import UserError, require
+from expkit.schemas import SklearnConf as Conf  # noqa: F401 (declared once, there)
 
 KIND = "estimator"
 ALLOWED = ("sklearn.", "xgboost.")  # only estimator libraries: a config must not import arbitrary code
-
-
-@dataclass
-class Conf:
-    name: str = "sklearn"
-    _target_: str = "sklearn.linear_model.LogisticRegression"
-    params: Dict[str, Any] = field(default_factory=dict)  # keyword arguments of the estimator
 
 
 def build(conf, splits):

@@ -1,16 +1,8 @@
 """sklearn LogisticRegression (defaults) on frozen ImageNet ResNet18 features (cached)."""
-from dataclasses import dataclass
-from typing import Optional
-
 from expkit.models import resnet18
+from expkit.schemas import SklearnProbeConf as Conf  # noqa: F401 (declared once, there)
 
 KIND = "estimator"
-
-
-@dataclass
-class Conf:
-    name: str = "sklearn_probe"
-    weights_path: Optional[str] = None  # null = torch hub cache (see model=resnet18)
 
 
 def input_transform(conf):

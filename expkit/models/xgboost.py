@@ -1,14 +1,8 @@
 """XGBoost (default parameters) on flattened pixels: resize 224, centre crop 64 -> 12,288 values."""
-from dataclasses import dataclass
-
 from expkit.data.images import Transform
+from expkit.schemas import XGBoostConf as Conf  # noqa: F401 (declared once, there)
 
 KIND = "estimator"
-
-
-@dataclass
-class Conf:
-    name: str = "xgboost"
 
 
 def input_transform(conf):

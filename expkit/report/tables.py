@@ -71,7 +71,7 @@ def terminal_table(df, width=120):
     rows = []
     for vals, idx in config_groups(df, keys):
         g = df.loc[idx]
-        ok = g[g.status.isin(["completed", "diverged"])]
+        ok = g[g.status.isin(["completed", "diverged", "pruned"])]  # a pruned trial: its epochs so far
         status = ",".join(f"{s}" + (f" x{c}" if c > 1 else "") for s, c in g.status.value_counts().items())
         stats = {m: _mean_std(_finite(ok[m])) if m in ok else (np.nan, np.nan)
                  for m in ("val_acc", "test_acc", "wall_time_s")}

@@ -44,6 +44,25 @@ class ExpkitSweeperConf:
 ConfigStore.instance().store(group="hydra/sweeper", name="expkit", node=ExpkitSweeperConf, provider="expkit")
 
 
+def value_str(v) -> str:
+    """A Python value as Hydra override text (the inverse of the override parser's values)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(value_str(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{k}:{value_str(x)}" for k, x in v.items()) + "}"
+    s = str(v)
+    if s and all(c.isalnum() or c in "_-./:" for c in s) and s not in ("null", "true", "false") \
+            and not s[0].isdigit() and not s.startswith(("-", ".")):
+        return s
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _key(override):
     return override.get_key_element().lstrip("+~")
 
@@ -78,8 +97,6 @@ def _tuples(keys, values, parser):
 def expand(params: Dict[str, str], arguments: List[str], parser) -> List[List[str]]:
     """The jobs (override lists) of a sweep: the grid of params and the command line crossed with
     the paired axes. A command-line key replaces the preset's values for it, also inside a tuple."""
-    from hydra.core.override_parser.types import Override
-
     cmd = parser.parse_overrides(list(arguments))
     given = {_key(o) for o in cmd}
     grid = {}
@@ -98,7 +115,7 @@ def expand(params: Dict[str, str], arguments: List[str], parser) -> List[List[st
             log.info("command line replaces %s in the paired sweep %s",
                      ", ".join(names[i] for i in range(len(names)) if i not in keep), keys)
         # null leaves that key at its default for this job (e.g. no lr for an estimator)
-        axes.append([[f"{names[i]}={Override._get_value_element_as_str(t[i])}" for i in keep if t[i] is not None]
+        axes.append([[f"{names[i]}={value_str(t[i])}" for i in keep if t[i] is not None]
                      for t in tuples])
     jobs, seen = [], set()
     for combo in itertools.product(*grid.values(), *axes):
@@ -250,7 +267,7 @@ def record_lost_jobs(sweep_dir: Path, batch, ex):
         job_dir = sweep_dir / name
         if not (job_dir / SUMMARY).exists():
             (job_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-            if not (job_dir / ".hydra" / "config.yaml").exists():  # so a re-run finds this job by its config
+            if config is not None and not (job_dir / ".hydra" / "config.yaml").exists():  # so a re-run finds this job by its config
                 OmegaConf.save(config, job_dir / ".hydra" / "config.yaml")
             task = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
             _write_json(job_dir / SUMMARY, {"status": "failed", "error": msg, "overrides": task})

@@ -1,0 +1,288 @@
+"""expkit's Optuna sweeper (optuna >= 3): ask a batch of trials, run them as jobs, tell the results.
+
+    python train.py -m experiment=hpo/mlp_lr_width [hydra.sweeper.n_trials=40]
+        [hydra.sweeper.storage=sqlite:///study.db hydra.sweeper.study_name=NAME]
+
+The search space is `hydra.sweeper.params`, in Hydra's sweep syntax: `interval(a, b)` (a float,
+`tag(log, interval(a, b))` on a log scale, int bounds give an int), `choice(a, b, ...)` or a
+comma list, `range(a, b[, step])`. A key given on the command line replaces the preset's.
+
+The study lives in `storage` (default: sqlite `optuna.db` in the sweep dir) under `study_name`
+(default: the run's `name`); `n_trials` is the study's total, so running again with a larger
+n_trials adds the difference. Each trial is a normal run dir (`trial_<number>`), whose
+`optuna_trial.json` lets the run report its validation accuracy after every epoch
+(expkit/hpo.py) and stop when the pruner says so (MedianPruner by default; `pruner: null` off).
+The objective is the run's best validation accuracy (the test set never steers the search); a
+failed or diverged run is a FAIL trial, and the search goes on. The sweep dir gets the usual
+results table, `optuna_trials.csv` (every trial of the study, with its state) and
+`optimization_results.yaml` (the best params and value).
+"""
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import OmegaConf
+
+from expkit.errors import UserError
+from hydra_plugins.expkit_plugins.sweeper import record_lost_jobs, value_str
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OptunaSweeperConf:
+    _target_: str = "hydra_plugins.expkit_plugins.optuna_sweeper.OptunaSweeper"
+    _recursive_: bool = False         # sampler and pruner are built in sweep(): a resumed study re-seeds its sampler
+    direction: str = "maximize"      # of the objective, the best validation accuracy: only maximize makes sense
+    study_name: Optional[str] = None  # default: the run's `name`
+    storage: Optional[str] = None     # default: sqlite:///<sweep dir>/optuna.db
+    n_trials: int = 20                # the study's total, trials from earlier sweeps included
+    n_jobs: int = 1                   # trials asked and launched together (in parallel with hydra/launcher=joblib)
+    sampler: Optional[Dict[str, Any]] = field(
+        default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": None})
+    pruner: Optional[Dict[str, Any]] = field(  # null: no pruning
+        default_factory=lambda: {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 5,
+                                 "n_warmup_steps": 2})
+    params: Dict[str, str] = field(default_factory=dict)
+
+
+def store_config():
+    ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="expkit")
+
+
+store_config()
+
+
+def distributions(params: Dict[str, str], arguments: List[str], parser):
+    """({key: optuna distribution}, fixed overrides): the preset's space, the command line on top."""
+    import optuna.distributions as D
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+
+    space, fixed = {}, []
+    parsed = [parser.parse_overrides([f"{k}={v}"])[0] for k, v in params.items()]
+    cmd = parser.parse_overrides(list(arguments))
+    given = {o.get_key_element() for o in cmd}
+    for o in parsed:
+        if o.get_key_element() in given:
+            log.info("command line replaces the preset's search over %s", o.get_key_element())
+    for o in [o for o in parsed if o.get_key_element() not in given] + cmd:
+        key, v = o.get_key_element(), o.value()
+        if not o.is_sweep_override():
+            fixed.append(o.input_line)
+            continue
+        if isinstance(v, IntervalSweep):
+            log_scale = "log" in v.tags
+            if isinstance(v.start, int) and isinstance(v.end, int):
+                space[key] = D.IntDistribution(v.start, v.end, log=log_scale)
+            else:
+                space[key] = D.FloatDistribution(float(v.start), float(v.end), log=log_scale)
+        elif isinstance(v, RangeSweep):
+            values = list(o.sweep_iterator())
+            if not values:
+                raise UserError(f"{o.input_line}: an empty range")
+            if all(isinstance(x, int) for x in values):
+                space[key] = D.IntDistribution(values[0], values[-1], step=int(v.step))
+            else:
+                space[key] = D.CategoricalDistribution(values)
+        elif isinstance(v, ChoiceSweep) or o.is_discrete_sweep():
+            space[key] = D.CategoricalDistribution(list(o.sweep_iterator()))
+        else:
+            raise UserError(f"{o.input_line}: the optuna sweeper takes interval(), choice(), range() or a,b,c")
+    if not space:
+        raise UserError("the optuna sweeper has nothing to search: set hydra.sweeper.params (e.g. "
+                        "optim.lr: tag(log, interval(1e-5, 1))) or give a choice on the command line")
+    return space, fixed
+
+
+class OptunaSweeper(Sweeper):
+    def __init__(self, direction="maximize", study_name=None, storage=None, n_trials=20, n_jobs=1,
+                 sampler=None, pruner=None, params=None):
+        if direction != "maximize":
+            raise UserError(f"hydra.sweeper.direction={direction}: the objective is the best validation "
+                            "accuracy, so only maximize is meaningful")
+        if n_trials < 1 or n_jobs < 1:
+            raise UserError(f"hydra.sweeper.n_trials ({n_trials}) and n_jobs ({n_jobs}) must be >= 1")
+        self.study_name, self.storage, self.n_trials, self.n_jobs = study_name, storage, n_trials, n_jobs
+        self.sampler = OmegaConf.to_container(sampler) if sampler is not None else None
+        self.pruner = OmegaConf.to_container(pruner) if pruner is not None else None
+        self.params = dict(params or {})
+
+    def setup(self, *, hydra_context, task_function, config):
+        try:
+            import optuna
+        except ImportError:
+            raise UserError("the optuna sweeper needs optuna >= 3: pip install 'expkit[hpo]'") from None
+        if int(optuna.__version__.split(".")[0]) < 3:
+            raise UserError(f"optuna {optuna.__version__} is installed; expkit's sweeper needs optuna >= 3: "
+                            "pip install -U 'optuna>=3'")
+        quiet_optuna()
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: List[str]) -> Any:
+        import optuna
+        from hydra.utils import instantiate
+
+        from expkit.cli import mark_failed_jobs
+        from expkit.hpo import TRIAL_FILE
+
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        space, fixed = distributions(self.params, arguments, parser)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        storage = self.storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
+        if storage.startswith("sqlite:///"):  # absolute: every job, wherever it runs, reports to this file
+            storage = f"sqlite:///{Path(storage[len('sqlite:///'):]).resolve()}"
+        name = self.study_name or self.config.get("name", "expkit")
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+        earlier = len(study.trials)
+        _check_space(study, space, storage)
+        sampler = self.sampler
+        if sampler and sampler.get("seed") is not None:  # a resumed study must not redraw its first trials
+            sampler = dict(sampler, seed=int(sampler["seed"]) + earlier)
+        study.sampler = instantiate(sampler) if sampler else optuna.samplers.TPESampler()
+        finished = sum(t.state.is_finished() for t in study.trials)
+        todo = max(0, self.n_trials - finished)
+        log.info("optuna study %r in %s: %d trial(s) finished, %d to run (n_trials=%d total); searching %s",
+                 name, storage, finished, todo, self.n_trials, ", ".join(space))
+        failed, launched, returns, told = 0, 0, [], set()
+        while launched < todo:
+            batch = []
+            try:
+                for _ in range(min(self.n_jobs, todo - launched)):
+                    batch.append(study.ask(space))
+                returns.append(self._launch(batch, fixed, storage, name, sweep_dir, launched, todo))
+                for trial in batch:
+                    failed += _tell(study, trial)
+                    told.add(trial.number)
+            finally:  # an error here (e.g. the sampler's) must not leave trials RUNNING in the study for ever
+                for trial in batch:
+                    if trial.number not in told:
+                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            launched += len(batch)
+        _write_results(study, sweep_dir)
+        mark_failed_jobs(failed)
+        return returns
+
+    def _launch(self, batch, fixed, storage, name, sweep_dir, launched, todo):
+        """Run a batch of asked trials as jobs, each in its own run dir with its trial file."""
+        from expkit.hpo import TRIAL_FILE
+
+        jobs = []
+        for k, trial in enumerate(batch):
+            job_dir = _free_dir(sweep_dir, f"trial_{trial.number}")
+            job_dir.mkdir(parents=True)
+            spec = {"storage": storage, "study_name": name, "number": trial.number,
+                    "trial_id": trial._trial_id, "pruner": self.pruner}  # optuna.trial.Trial(study, trial_id)
+            (job_dir / TRIAL_FILE).write_text(json.dumps(spec, indent=2))
+            trial.set_user_attr("dir", str(job_dir.resolve()))
+            jobs.append(fixed + [f"{key}={value_str(v)}" for key, v in trial.params.items()] +
+                        [f"hydra.sweep.subdir={job_dir.name}",
+                         f"++hydra.job.env_set.EXPKIT_JOB='{launched + k + 1}/{todo}'"])
+        try:
+            return self.launcher.launch(jobs, initial_job_idx=launched)
+        except Exception as ex:  # the launcher itself died: those trials fail, the study goes on
+            record_lost_jobs(sweep_dir, [(j, Path(t.user_attrs["dir"]).name, None) for j, t in zip(jobs, batch)], ex)
+            return None
+
+
+def _check_space(study, space, storage):
+    """A resumed study keeps its search space: Optuna refuses a changed choice list or scale mid-study."""
+    from optuna.distributions import check_distribution_compatibility
+
+    for t in study.trials:
+        for key, dist in space.items():
+            if key in t.distributions:
+                try:
+                    check_distribution_compatibility(t.distributions[key], dist)
+                except ValueError:
+                    raise UserError(
+                        f"study {study.study_name!r} in {storage} searched {key} over {t.distributions[key]}; "
+                        f"this sweep asks {dist}: keep the study's space, or start a new study "
+                        f"(hydra.sweeper.study_name=NEW)") from None
+
+
+def _free_dir(sweep_dir: Path, name: str) -> Path:
+    """trial_<n>, or trial_<n>-2, ... when another study left that dir here: never written into."""
+    d, k = sweep_dir / name, 1
+    while d.exists():
+        k += 1
+        d = sweep_dir / f"{name}-{k}"
+    return d
+
+
+def _tell(study, trial):
+    """Tell Optuna a trial's outcome from its summary.json; 1 if it failed."""
+    import optuna
+
+    from expkit.runner import SUMMARY
+
+    path = Path(trial.user_attrs.get("dir", "")) / SUMMARY
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        summary = {"status": "failed", "error": f"no readable {path}"}
+    status = summary.get("status")
+    trial.set_user_attr("status", status)
+    if status == "completed":
+        study.tell(trial, float(summary["best"]["val_acc"]))
+        return 0
+    if status == "pruned":
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return 0
+    if summary.get("error"):
+        trial.set_user_attr("error", str(summary["error"])[:500])
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)  # diverged or failed: no value to learn from
+    return int(status != "diverged")
+
+
+def _write_results(study, sweep_dir: Path):
+    """The sweep's results table and plots, the study's trials and its best params; print both."""
+    import pandas as pd
+    import yaml
+
+    from expkit.cache import atomic_write
+    from expkit.report.aggregate import build_report
+    from expkit.report.tables import terminal_table
+
+    table = build_report(sweep_dir)
+    rows = [{"trial": t.number, "state": t.state.name.lower(), "value": t.value, **t.params,
+             "status": t.user_attrs.get("status"), "dir": t.user_attrs.get("dir"),
+             "error": t.user_attrs.get("error")} for t in study.trials]
+    trials = pd.DataFrame(rows)
+    atomic_write(sweep_dir / "optuna_trials.csv", lambda tmp: trials.to_csv(tmp, index=False))
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    counts = ", ".join(f"{n} {s}" for s, n in trials.state.value_counts().items())
+    print(f"\n{sweep_dir}\n{terminal_table(table)}\n", flush=True)
+    if not done:
+        log.warning("optuna study %r: %d trial(s) (%s), none completed: no best params", study.study_name,
+                    len(trials), counts)
+        return
+    best = study.best_trial
+    result = {"name": "optuna", "study_name": study.study_name, "best_trial": best.number,
+              "best_params": dict(best.params), "best_value": best.value, "n_trials": len(trials),
+              "states": dict(trials.state.value_counts()), "best_dir": best.user_attrs.get("dir")}
+    atomic_write(sweep_dir / "optimization_results.yaml",
+                 lambda tmp: tmp.write_text(yaml.safe_dump(json.loads(json.dumps(result, default=int)),
+                                                          sort_keys=False)))
+    print(f"optuna study {study.study_name!r}: {len(trials)} trial(s) ({counts}); best trial {best.number}: "
+          f"val_acc {best.value:.4f} with {' '.join(f'{k}={v}' for k, v in best.params.items())}\n"
+          f"every trial: {sweep_dir / 'optuna_trials.csv'}", flush=True)
+
+
+def quiet_optuna():
+    """Optuna's messages through expkit's logging (plain lines, no colour codes in log files); no
+    alembic set-up chatter from the sqlite storage."""
+    import optuna
+
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    logging.getLogger("alembic").setLevel(logging.WARNING)
