@@ -123,6 +123,8 @@ class _MLflow:
     def __init__(self, cfg, run_dir, sweep_dir):
         from mlflow.tracking import MlflowClient
 
+        for noisy in ("mlflow", "alembic"):  # their own stderr lines at store creation: warnings only
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         self.cfg = cfg
         self.uri = cfg.logger.tracking_uri or f"sqlite:///{Path('outputs').resolve() / 'mlflow.db'}"
         self.db_dir = Path(self.uri[len("sqlite:///"):]).parent if self.uri.startswith("sqlite:///") else None

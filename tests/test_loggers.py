@@ -103,3 +103,14 @@ def test_a_run_killed_half_way_has_its_finished_epochs_in_the_logger(tmp_path, m
         run_, = client.search_runs([client.get_experiment_by_name("live").experiment_id])
         assert sorted(m.step for m in client.get_metric_history(run_.info.run_id, "val_acc")) == [1, 2, 3]
         assert run_.info.status == "RUNNING" and run_.data.tags["expkit.status"] == "running"
+
+
+def test_mlflow_run_prints_no_third_party_chatter(tmp_path):
+    pytest.importorskip("mlflow", reason="pip install -e '.[loggers]'")
+    data = write_countries(tmp_path / "d", n=200)
+    r = run_cli("logger=mlflow", f"logger.tracking_uri=sqlite:///{tmp_path / 'ml.db'}", "trainer.epochs=1",
+                f"data.root={data}", f"hydra.run.dir={tmp_path / 'r'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout + r.stderr + (tmp_path / "r" / "expkit.log").read_text()
+    # a new store: mlflow's "Creating initial MLflow database tables" and alembic's migrations stay quiet
+    assert "mlflow.store" not in out and "alembic" not in out.lower() and "\x1b[" not in out
