@@ -75,6 +75,15 @@ def test_report_rebuilds_and_merges(countries_root, tmp_path):
     merged = pd.read_csv(tmp_path / "m" / "results.csv")
     assert len(merged) == 3 and set(merged["sweep"]) == {str(a), str(b)}
     assert run_python("-m", "expkit.report", str(tmp_path / "nope")).returncode == 2
+    # a parent of sweeps: it says where the runs are instead of an empty table or a silent skip
+    r = run_python("-m", "expkit.report", str(tmp_path))
+    assert r.returncode == 2 and str(a) in r.stderr and str(b) in r.stderr and "Traceback" not in r.stderr
+    # a dir with runs and a sweep inside: the table has the runs, and the sweep is named as not in it
+    (a / "inner").mkdir()
+    (b / "0").rename(a / "inner" / "0")
+    r = run_python("-m", "expkit.report", str(a))
+    assert r.returncode == 0 and len(pd.read_csv(a / "results.csv")) == 2
+    assert "not in this table" in r.stdout and str(a / "inner") in r.stdout
 
 
 def test_rerun_one_job_reproduces_its_metrics(countries_root, tmp_path):

@@ -13,6 +13,19 @@ from pathlib import Path
 from expkit.report.aggregate import build_report
 
 
+def nested_sweeps(dirs):
+    """Dirs below the given ones that hold run dirs of their own (sweeps, a name's single runs):
+    their table is not this one."""
+    from expkit.report.aggregate import job_dirs
+
+    found = []
+    for d in map(Path, dirs):
+        runs = set(job_dirs(d))
+        for sub in sorted(p for p in d.iterdir() if p.is_dir() and p not in runs and p.name != ".hydra"):
+            found += ([sub] if job_dirs(sub) else []) + nested_sweeps([sub])
+    return found
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m expkit.report", description=__doc__.splitlines()[0])
     ap.add_argument("dirs", nargs="+", type=Path, help="sweep or run directories")
@@ -23,9 +36,13 @@ def main(argv=None):
         sys.stderr.write(f"error: not a directory: {missing[0]} (give sweep or run directories)\n")
         return 2
     df = build_report(args.dirs[0], roots=args.dirs, out=args.out)
+    deeper = nested_sweeps(args.dirs)
     if df.empty:
-        sys.stderr.write(f"error: no runs found under {', '.join(map(str, args.dirs))}\n")
+        hint = f"; run dirs found deeper, in: {', '.join(map(str, deeper[:5]))} (report each by its dir)" if deeper else ""
+        sys.stderr.write(f"error: no runs found directly under {', '.join(map(str, args.dirs))}{hint}\n")
         return 2
+    if deeper:  # never skip a sweep silently: say which were not part of this table
+        print(f"not in this table (run dirs deeper down, report each dir on its own): {', '.join(map(str, deeper))}")
     out = args.out or args.dirs[0]
     print(f"{len(df)} job(s) -> {out / 'results.md'}")
     if (out / "results_by_config.md").exists():  # written when the jobs differ in seed
