@@ -133,3 +133,36 @@ def validate(cfg: DictConfig) -> DictConfig:
                          f"(hidden layers, then the output layer; -1 = the output layer)")
     OmegaConf.set_readonly(out, True)
     return out
+
+
+def essential(cfg) -> dict:
+    """What makes a run this run: its validated config without the values equal to their schema's
+    default (names and seed always kept). A key added to a schema later, at its default, leaves
+    the identity of older runs unchanged; a changed value or a changed default does not."""
+    from expkit.data import data_schema
+    from expkit.models import model_schema
+
+    v = OmegaConf.to_container(validate(cfg))
+    schemas = {"data": data_schema(v["data"]["name"]), "model": model_schema(v["model"]["name"]),
+               "optim": OptimConf, "trainer": TrainerConf, "report": ReportConf, "logger": LoggerConf}
+    out = {"seed": v["seed"], "name": v["name"]}
+    for section, schema in schemas.items():
+        out[section] = _differs(v[section], OmegaConf.to_container(OmegaConf.structured(schema)))
+    out["data"]["name"], out["model"]["name"] = v["data"]["name"], v["model"]["name"]
+    return out
+
+
+def _differs(value: dict, default: dict) -> dict:
+    out = {}
+    for k, x in value.items():
+        d = default.get(k, _MISSING)
+        if isinstance(x, dict) and isinstance(d, dict):
+            sub = _differs(x, d)
+            if sub:
+                out[k] = sub
+        elif x != d:
+            out[k] = x
+    return out
+
+
+_MISSING = object()

@@ -91,6 +91,27 @@ def test_rerun_with_reordered_values_skips_finished_configs(countries_root, tmp_
     assert lr_of == {"0": 0.1, "1": 0.01, "2": 0.001}
 
 
+def test_jobs_from_before_a_schema_gained_a_key_are_still_known(countries_root, tmp_path):
+    """A sweep dir written before a key was added (at its default) is not re-run into new dirs;
+    a job whose value differs from the new default is a different job."""
+    import yaml
+
+    out = tmp_path / "s"
+    args = ("trainer.epochs=1", f"data.root={countries_root}", f"hydra.sweep.dir={out}")
+    assert run_cli("-m", "optim.lr=0.1,0.01", *args).returncode == 0
+    for d in ("0", "1"):  # as an older expkit wrote them: no checkpoint_every_s, no data.split_seed
+        f = out / d / ".hydra" / "config.yaml"
+        cfg = yaml.safe_load(f.read_text())
+        del cfg["trainer"]["checkpoint_every_s"]
+        cfg["data"].pop("split_seed", None)
+        f.write_text(yaml.safe_dump(cfg))
+    r = run_cli("-m", "optim.lr=0.1,0.01", *args)
+    assert r.returncode == 0 and (r.stdout + r.stderr).count("already finished") == 2
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["0", "1"]
+    r = run_cli("-m", "optim.lr=0.1", "trainer.checkpoint_every_s=5", *args)  # not the default: a new job
+    assert r.returncode == 0 and "already finished" not in r.stdout + r.stderr and (out / "2").is_dir()
+
+
 def test_a_run_never_writes_into_a_dir_of_another_config(countries_root, tmp_path):
     d = tmp_path / "r"
     assert run_cli("trainer.epochs=1", f"data.root={countries_root}", f"hydra.run.dir={d}").returncode == 0

@@ -132,8 +132,17 @@ def expand(params: Dict[str, str], arguments: List[str], parser) -> List[List[st
 
 
 def canonical(task_cfg) -> str:
-    """A job's identity: its composed task config, resolved, as sorted JSON."""
-    return json.dumps(OmegaConf.to_container(task_cfg, resolve=True), sort_keys=True, default=str)
+    """A job's identity: its validated config without schema defaults (expkit.config.essential),
+    as sorted JSON; a config that does not validate is known by its composed form."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from expkit.config import essential
+
+    try:
+        ident = essential(task_cfg)
+    except (UserError, OmegaConfBaseException, KeyError, TypeError, ValueError):
+        ident = {"composed": OmegaConf.to_container(task_cfg, resolve=True)}
+    return json.dumps(ident, sort_keys=True, default=str)
 
 
 def existing_jobs(sweep_dir: Path):
