@@ -10,7 +10,8 @@ Precedence: a key given on the command line replaces what a preset or a `sweep=`
 sweeps for it, in the grid and inside paired tuples; jobs that become identical run once.
 `-m experiment=a,b` runs each preset's own sweep in its own sub-directory, with its report.
 
-A sweep dir knows its jobs by their composed config (.hydra/config.yaml): a job identical to
+A sweep dir knows its jobs by their config (.hydra/config.yaml, validated, compared on the values
+that differ from the schema defaults: `canonical`): a job identical to
 one that finished there is skipped, an unfinished identical one resumes in its own dir, and a
 new config gets a new dir; no job ever writes into a dir holding another config. Jobs that
 fail do not stop the sweep; the exit code is 1 if any failed.
