@@ -6,6 +6,7 @@ another float summation order (batched / grouped kernels), so results agree to r
 few training steps barely amplify on these tiny sets: losses 1e-4 relative+absolute (observed
 < 1e-6), accuracies to one sample.
 """
+import copy
 import json
 
 import numpy as np
@@ -71,22 +72,82 @@ def test_stack_and_unstack_are_exact_for_every_layer_kind():
     from expkit.models.mlp import MLP
     from expkit.stack import interleave, split_members
 
-    for make, shape in [(lambda: MLP(2, 5, [8, 8], batchnorm=True, stats=(torch.ones(2), torch.ones(2) * 3)), (2,)),
-                        (lambda: MLP(2, 5, [8], encoding="sines"), (2,)),
-                        (lambda: torchvision.models.resnet18(num_classes=3), (3, 16, 16))]:
+    from expkit.stack import BATCH, CHANNELS
+
+    mlp_bn = lambda: MLP(2, 5, [8, 8], batchnorm=True, stats=(torch.ones(2), torch.ones(2) * 3))  # noqa: E731
+    # (model, input shape, layout): the default layout (None: BATCH without Conv2d, CHANNELS with) and both forced
+    for make, shape, layout in [(mlp_bn, (2,), None), (mlp_bn, (2,), CHANNELS), (mlp_bn, (2,), BATCH),
+                                (lambda: MLP(2, 5, [8], encoding="sines"), (2,), None),
+                                (lambda: MLP(2, 5, [8, 8], residual=True), (2,), None),
+                                (lambda: torchvision.models.resnet18(num_classes=3), (3, 16, 16), None),
+                                (lambda: torchvision.models.resnet18(num_classes=3), (3, 16, 16), BATCH)]:
         models = []
         for s in range(3):
             torch.manual_seed(s)
             models.append(make().eval())
-        st = stack(models).eval()
+        st = stack(models, layout).eval()
+        assert st.stack_layout == layout or (layout is None and st.stack_layout == (
+            CHANNELS if any(isinstance(m, torch.nn.Conv2d) for m in models[0].modules()) else BATCH))
         x = torch.randn(3, 4, *shape)
         with torch.no_grad():
-            out = split_members(st(interleave(x)), 3)
+            out = split_members(st(interleave(x, st.stack_layout)), 3, st.stack_layout)
             ref = torch.stack([m(x[k]) for k, m in enumerate(models)])
         assert (out - ref).abs().max() < 1e-4
         for k, m in enumerate(models):
             back = unstack(st, k, m)
             assert all(torch.equal(back[n], v) for n, v in m.state_dict().items())
+
+
+def test_stacked_batchnorm_trains_each_member_on_its_own_batch_statistics():
+    from expkit.models.mlp import MLP
+    from expkit.stack import BATCH, CHANNELS, interleave, split_members
+
+    models = []
+    for s in range(3):
+        torch.manual_seed(s)
+        models.append(MLP(2, 4, [6, 6], batchnorm=True).train())
+    x = torch.randn(3, 16, 2) * torch.tensor([1.0, 5.0, 0.2]).view(3, 1, 1)  # members see different batches
+    for layout in (BATCH, CHANNELS):
+        st = stack([copy.deepcopy(m) for m in models], layout).train()
+        out = split_members(st(interleave(x, layout)), 3, layout)
+        ref = [copy.deepcopy(m) for m in models]
+        expect = torch.stack([m(x[k]) for k, m in enumerate(ref)])
+        assert (out - expect).abs().max() < 1e-5
+        for k, m in enumerate(ref):  # running statistics per member
+            back = unstack(st, k, m)
+            for n, v in m.state_dict().items():
+                assert torch.allclose(back[n].float(), v.float(), atol=1e-6), (layout, k, n)
+
+
+def test_hits_are_argmax_hits_with_ties_infinities_and_nan():
+    torch.manual_seed(0)
+    for trial in range(50):
+        z = torch.randint(0, 3, (5, 4, 7)).float()  # [B, K, C] with many ties
+        z[torch.rand_like(z) < 0.05] = float("nan") if trial % 2 else float("inf")
+        y = torch.randint(0, 7, (4, 5))
+        _, hits = trainer.loss_and_hits(z, y)
+        assert torch.equal(hits, (z.argmax(-1) == y.t()).sum(0))
+        _, hits = trainer.loss_and_hits(z, y[0])  # labels shared by all members
+        assert torch.equal(hits, (z.argmax(-1) == y[0].unsqueeze(1)).sum(0))
+
+
+def test_a_stacked_cnn_runs_channels_last_on_the_cpu_unless_it_has_batchnorm(tmp_path):
+    from expkit.models.cnn import CNN, ConvConf
+
+    def members(bn):
+        out = []
+        for s in range(2):
+            torch.manual_seed(s)
+            net = CNN((1, 12, 12), 2, [ConvConf(3, 3), ConvConf(4, 3)], [], "relu")
+            if bn:
+                net.features.insert(1, torch.nn.BatchNorm2d(3))
+            cfg = compose_cfg(["model=cnn", "data=synth_edges"])
+            out.append(trainer.Member(cfg, net, tmp_path))
+        return out
+
+    assert trainer.Stack(members(False), torch.device("cpu")).channels_last
+    assert not trainer.Stack(members(True), torch.device("cpu")).channels_last
+    assert not trainer.Stack(members(False)[:1], torch.device("cpu")).channels_last  # one member: as it is
 
 
 def test_a_layer_without_a_stacked_form_is_refused():

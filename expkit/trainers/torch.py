@@ -22,7 +22,7 @@ from torch import nn
 
 from expkit.cache import atomic_write
 from expkit.errors import ForeignDir, UserError, require
-from expkit.stack import interleave, stack, unstack
+from expkit.stack import CHANNELS, interleave, stack, unstack
 from expkit.trainers import History
 
 log = logging.getLogger(__name__)
@@ -52,15 +52,18 @@ class Member:
 
 
 def loss_and_hits(logits, y):
-    """Per-member mean loss [K] and #correct [K]: logits [B, K, C] (contiguous: the stacked model's
-    own layout), labels [K, B] per member or [B] shared (BCE-with-logits for C = 1)."""
+    """Per-member mean loss [K] and #correct [K]: logits [B, K, C] (Stack's output: a transposed view of the
+    stacked model's member-major [K, B, C]), labels [K, B] per member or [B] shared (BCE-with-logits for C = 1).
+    Worked in [K, B, C], where the stacked logits are contiguous: no layout copy."""
     b, k, c = logits.shape
-    y = y.t() if y.dim() == 2 else y.unsqueeze(1).expand(b, k)
+    z = logits.transpose(0, 1)
+    y = y if y.dim() == 2 else y.expand(k, b)
     if c == 1:
-        z = logits.squeeze(-1).float()
-        return F.binary_cross_entropy_with_logits(z, y.float(), reduction="none").mean(0), ((z > 0).long() == y).sum(0)
-    loss = F.cross_entropy(logits.reshape(b * k, c).float(), y.reshape(-1), reduction="none").view(b, k).mean(0)
-    return loss, (logits.argmax(-1) == y).sum(0)
+        z = z.squeeze(-1).float()
+        return F.binary_cross_entropy_with_logits(z, y.float(), reduction="none").mean(1), ((z > 0).long() == y).sum(1)
+    loss = F.cross_entropy(z.reshape(k * b, c).float(), y.reshape(-1), reduction="none").view(k, b).mean(1)
+    # max(-1).indices is argmax (first maximum, NaN counts as maximal) at half argmax's cost on the CPU
+    return loss, (z.max(-1).indices == y).sum(1)
 
 
 def probabilities(logits):
@@ -82,14 +85,21 @@ class Stack:
     def __init__(self, members, device, channels_last=False):
         self.members = members
         self.k = len(members)
-        self.channels_last = channels_last
         for m in members:
             m.model.to(device)
         self.net = members[0].model if self.k == 1 else stack([m.model for m in members])
+        self.layout = getattr(self.net, "stack_layout", None)
+        # A stacked CNN (CHANNELS layout) runs its grouped convs and pooling in channels_last on the CPU too
+        # (oneDNN vectorises over the K*C channels: hw6 synth CNN, 8 members, 3.4x one member's time instead
+        # of 7.8x); one member keeps its format (channels_last does not speed it up). Not with BatchNorm: CPU
+        # batch_norm in channels_last rounds ~10x further from the NCHW result, which fine-tuning amplified
+        # past the members-equal-separate-runs tolerance (tests/test_one_path.py).
+        self.channels_last = channels_last or (self.layout == CHANNELS and device.type == "cpu"
+                                               and not has_batchnorm(self.net))
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         sizes = [p.numel() for p in self.params]
         # 4-D conv weights in channels_last (cuDNN's fast layout on CUDA) are stored [O, H, W, I] in the flat
-        nhwc = [channels_last and p.dim() == 4 for p in self.params]
+        nhwc = [self.channels_last and p.dim() == 4 for p in self.params]
         self.flat = torch.cat([(p.detach().permute(0, 2, 3, 1) if c else p.detach()).reshape(-1)
                                for p, c in zip(self.params, nhwc)]) if self.params else torch.zeros(0, device=device)
         self.grad = torch.zeros_like(self.flat)
@@ -146,15 +156,20 @@ class Stack:
         self.flat.addcdiv_(m * self.lr, denom, value=-1 / (1 - b1 ** self.t))
 
     def __call__(self, xb, per_member):
-        """xb: [K, B, ...] per-member inputs (per_member) or [B, ...] shared by all -> logits [B, K, C]."""
+        """xb: [K, B, ...] per-member inputs (per_member) or [B, ...] shared by all -> logits [B, K, C]
+        (member k's logits at [:, k]; with K > 1 a transposed view of the stack's member-major [K, B, C])."""
         if self.k == 1:
             x = xb[0] if per_member else xb
-        else:
-            x = interleave(xb) if per_member else xb.repeat(1, self.k, *[1] * (xb.dim() - 2))
+        elif self.layout == CHANNELS:  # [B, K*C, ...]
+            x = interleave(xb, CHANNELS) if per_member else xb.repeat(1, self.k, *[1] * (xb.dim() - 2))
+        else:  # member-major [K*B, ...]
+            x = interleave(xb) if per_member else xb.repeat(self.k, *[1] * (xb.dim() - 1))
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         out = self.net(x)
-        return out.view(out.shape[0], self.k, -1)  # [B, K, C]: member k's logits at [:, k]
+        if self.k == 1 or self.layout == CHANNELS:
+            return out.view(out.shape[0], self.k, -1)
+        return out.view(self.k, out.shape[0] // self.k, -1).transpose(0, 1)
 
     def write_back(self):
         """Each member's trained state back into its own model (for saving, or a re-stack)."""
