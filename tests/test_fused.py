@@ -11,6 +11,7 @@ epochs (Adam 1e-3 / SGD 1e-2, BatchNorm on and off, measured 2026-11-22), and fu
 differences are of that size. test_fused_matches_separate_on_real_countries therefore allows
 5e-3 (2.5x that 1-ulp sensitivity) and prints both numbers when it fails.
 """
+import copy
 import json
 from pathlib import Path
 
@@ -75,6 +76,83 @@ def test_fused_adam_matches_separate_runs_in_process(countries_root, tmp_path):
         np.testing.assert_allclose(hists[k].test_probs, alone.test_probs, atol=1e-4)
     # the members really differ (not one run copied): lr and seed change the curves
     assert hists[0].rows[-1]["train_loss"] != hists[1].rows[-1]["train_loss"] != hists[2].rows[-1]["train_loss"]
+
+
+def test_fused_adam_kernel_is_torch_adam_per_member_lr_and_weight_decay(tmp_path):
+    """Stack.step runs torch's fused Adam kernel once per (lr, weight decay) group, on that group's slices of the
+    flat tensors: one member equals torch.optim.Adam (L2 weight decay); in a stack of members whose groups
+    interleave ([a, b, a]) every member equals the per-element formula it replaced, up to float rounding."""
+    from expkit.models.mlp import MLP
+
+    def stacked(hparams):
+        out = []
+        for s, (lr, wd) in enumerate(hparams):
+            torch.manual_seed(s)
+            cfg = compose_cfg([f"optim.lr={lr}", f"optim.weight_decay={wd}"])
+            out.append(trainer.Member(cfg, MLP(2, 5, [8, 8]), tmp_path))
+        return trainer.Stack(out, torch.device("cpu"))
+
+    one = stacked([(0.01, 0.001)])
+    ref = copy.deepcopy(one.net)
+    opt = torch.optim.Adam(ref.parameters(), lr=0.01, weight_decay=0.001)
+    for _ in range(20):
+        one.grad.copy_(torch.randn_like(one.grad))
+        for p, q in zip(ref.parameters(), one.params):
+            p.grad = q.grad.clone()
+        one.step()
+        opt.step()
+    assert len(one.fused) == 1
+    for p, q in zip(ref.parameters(), one.params):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+    hp = [(0.01, 0.001), (0.003, 0.0), (0.01, 0.001)]
+    fused, formula = stacked(hp), stacked(hp)
+    formula.fused = None  # the per-element elementwise ops
+    assert [(lr, wd) for lr, wd, *_ in fused.fused] == [(0.01, 0.001), (0.003, 0.0)]
+    start = fused.flat.clone()
+    for _ in range(20):
+        g = torch.randn_like(fused.grad)
+        fused.grad.copy_(g)
+        formula.grad.copy_(g)
+        fused.step()
+        formula.step()
+    torch.testing.assert_close(fused.flat, formula.flat, rtol=1e-5, atol=1e-6)
+    for st, st2 in zip(fused.state, formula.state):
+        torch.testing.assert_close(st, st2, rtol=1e-5, atol=1e-9)
+    assert (fused.flat - start).abs().min() > 0  # every element of every member moved
+
+
+def test_epoch_gathered_at_once_gives_the_per_step_batches(countries_root, tmp_path, monkeypatch):
+    """Loop.batches gathers an epoch's batches at once (within trainer.PREGATHER_BYTES): the same batches, the short
+    last one included, as one gather per step, so a fused run trains bit for bit as with per-step gathering."""
+    cfgs = [validate(compose_cfg([f"data.root={countries_root}", "trainer.epochs=2", "trainer.batch_size=32",
+                                  f"seed={s}", "trainer.checkpoint=false"])) for s in (1, 2, 3)]
+    splits = load(cfgs[0].data)
+    loop = trainer.Loop(cfgs[0], splits, torch.device("cpu"), False, "fp32")
+    assert loop.n_used % 32, "the test needs a short last batch"
+    x, y = loop.data["train"]
+    order = torch.stack([torch.randperm(loop.n, generator=torch.Generator().manual_seed(s))[:loop.n_used]
+                         for s in (1, 2, 3)])
+    at_once = loop.batches(order, x, y)
+    monkeypatch.setattr(trainer, "PREGATHER_BYTES", 0)
+    per_step = loop.batches(order, x, y)
+    for i in range(loop.steps_per_epoch):
+        (xa, ya), (xb, yb) = at_once(i), per_step(i)
+        assert xa.shape == xb.shape and torch.equal(xa, xb) and torch.equal(ya, yb), i
+    assert ya.shape == (3, loop.n_used % 32)
+
+    def fused():
+        models = []
+        for c in cfgs:
+            torch.manual_seed(c.seed)
+            models.append(build(c.model, splits)[1])
+        return fit_group(models, splits, cfgs, tmp_path)
+
+    per_step_hists = fused()
+    monkeypatch.undo()
+    for a, b in zip(fused(), per_step_hists):
+        assert [{k: v for k, v in r.items() if k != "time_s"} for r in a.rows] == \
+            [{k: v for k, v in r.items() if k != "time_s"} for r in b.rows]
 
 
 def test_fused_sweep_cli_matches_separate_runs_and_has_same_outputs(countries_root, tmp_path):
