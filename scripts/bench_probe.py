@@ -65,8 +65,8 @@ def main():
     args = ap.parse_args()
 
     import torch
-    from hydra import compose, initialize_config_dir
 
+    from expkit.api import compose
     from expkit.config import validate
     from expkit.data import load
     from expkit.models import input_transform
@@ -84,8 +84,7 @@ def main():
                  "trainer.checkpoint=false"]
     overrides += [f"data.root={args.root}"] if args.root else []
     overrides += [f"model.weights_path={weights}"] if weights else []
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = validate(compose(config_name="config", overrides=overrides))
+    cfg = validate(compose(overrides))  # the configs and schemas as every entrypoint registers them
     splits = subset(load(cfg.data, input_transform(cfg.model)), args.limit)  # decode (or decode cache) before timing
     print(f"data: {splits.description}\nsizes: train {len(splits.train)}, val {len(splits.val)}, "
           f"test {len(splits.test)}; threads {args.threads}")
