@@ -2,6 +2,7 @@
 the same as `python train.py` in a checkout. Configs come with the package (expkit.conf); outputs go
 under the current directory; a user's own presets and groups join through Hydra's search path
 (`expkit --config-dir DIR experiment=mine` or `hydra.searchpath=[file://DIR]`)."""
+import os
 import sys
 
 
@@ -19,7 +20,22 @@ def main():
         return run_job(cfg)
 
     hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")(task)()
+    if not {"-m", "--multirun"} & set(sys.argv[1:]):
+        quick_exit(exit_code())
     sys.exit(exit_code())
+
+
+def quick_exit(code):
+    """End a single run without the interpreter's teardown of torch, pandas and matplotlib (~0.5 s
+    of a 3 s one-epoch run, measured). Its files are written and closed by now (atomic writes,
+    loggers closed); only log handlers and stdio still buffer. Not after a sweep, whose launcher
+    may own worker processes that exit handlers shut down."""
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
