@@ -101,6 +101,10 @@ def test_cli_run_and_help(countries_root, tmp_path):
     r = run_cli(f"data.root={countries_root}", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'cli'}")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "cli" / "summary.json").exists()
+    # a single run skips the interpreter's teardown (expkit.__main__.quick_exit): nothing may be lost
+    out = r.stdout + r.stderr
+    assert "completed: test acc" in out and out.rstrip().endswith(str(tmp_path / "cli"))
+    assert (tmp_path / "cli" / "expkit.log").read_text().rstrip().endswith(str(tmp_path / "cli"))
     h = run_cli("--help")
     assert h.returncode == 0 and "countries" in h.stdout and "experiment/ex4: " in h.stdout
 
