@@ -273,8 +273,9 @@ def _write_results(study, sweep_dir: Path):
     atomic_write(sweep_dir / "optimization_results.yaml",
                  lambda tmp: tmp.write_text(yaml.safe_dump(json.loads(json.dumps(result, default=int)),
                                                           sort_keys=False)))
-    print(f"optuna study {study.study_name!r}: {len(trials)} trial(s) ({counts}); best trial {best.number}: "
-          f"val_acc {best.value:.4f} with {' '.join(f'{k}={v}' for k, v in best.params.items())}\n"
+    params = " ".join(f"{k}={v}" for k, v in best.params.items())
+    print(f"optuna study {study.study_name!r}: {len(trials)} trial(s) ({counts}); best trial {best.number}: {params}, "
+          f"best-epoch val_acc {best.value:.4f} (the objective; the table above shows final epochs)\n"
           f"every trial: {sweep_dir / 'optuna_trials.csv'}", flush=True)
 
 
