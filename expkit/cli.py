@@ -67,7 +67,8 @@ def closest(group, option, n=3):
     return near or opts[:n]
 
 
-def _one_line(ex):
+def one_line(ex):
+    """A Hydra or OmegaConf error as one line, with the closest options or the fix."""
     lines = [ln.strip() for ln in str(ex).splitlines() if ln.strip()]
     msg = lines[0] if lines else type(ex).__name__
     if msg.endswith(":") and len(lines) > 1:  # "… raised while composing config:" — the cause is next
@@ -123,7 +124,7 @@ def report_config_errors():
             sys.stderr.write(f"error: {ex}\n")
             sys.exit(2)
         except (HydraException, OmegaConfBaseException) as ex:
-            sys.stderr.write(f"error: {_one_line(ex)}\n")
+            sys.stderr.write(f"error: {one_line(ex)}\n")
             sys.exit(2)
         except OSError as ex:  # e.g. the output directory cannot be created
             sys.stderr.write(f"error: {ex.strerror or ex}: {ex.filename} "

@@ -91,6 +91,12 @@ def test_bad_search_settings_are_one_line(tmp_path):
     r = run_cli("-m", "experiment=hpo/mlp_lr_width", "hydra.sweeper.params={}", "optim.lr=0.1", "model.width=8",
                 f"hydra.sweep.dir={tmp_path}")
     assert r.returncode == 2 and "nothing to search" in r.stderr and "Traceback" not in r.stderr
+    # a typo in a searched key or a choice: one line before any trial exists, not n failed trials
+    for bad, says in (("optim.lrr=choice(0.1,0.01)", "unknown config key 'optim.lrr'"),
+                      ("model=choice(mlp,mlpp)", "unknown model 'mlpp'")):
+        r = run_cli("-m", "experiment=hpo/mlp_lr_width", bad, f"hydra.sweep.dir={tmp_path / 'typo'}")
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert not (tmp_path / "typo").exists()
 
 
 def test_search_space_from_the_preset_and_the_command_line():

@@ -135,6 +135,7 @@ class OptunaSweeper(Sweeper):
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         space, fixed = distributions(self.params, arguments, parser)
+        self._check_composes(fixed, space)  # a typo'd key or option: one line now, not n failed trials
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -171,6 +172,22 @@ class OptunaSweeper(Sweeper):
         _write_results(study, sweep_dir)
         mark_failed_jobs(failed)
         return returns
+
+    def _check_composes(self, fixed, space):
+        """Compose the search's corners (each choice; an interval's low end) before any trial exists."""
+        from optuna.distributions import CategoricalDistribution
+
+        from expkit.cli import one_line
+
+        base = {k: d.choices[0] if isinstance(d, CategoricalDistribution) else d.low for k, d in space.items()}
+        probes = [base] + [dict(base, **{k: c}) for k, d in space.items()
+                           if isinstance(d, CategoricalDistribution) for c in d.choices[1:]]
+        for probe in probes:
+            job = fixed + [f"{k}={value_str(v)}" for k, v in probe.items()]
+            try:
+                self.hydra_context.config_loader.load_sweep_config(self.config, job)
+            except Exception as ex:
+                raise UserError(f"the search does not compose ({' '.join(job)}): {one_line(ex)}") from None
 
     def _launch(self, batch, fixed, storage, name, sweep_dir, launched, todo):
         """Run a batch of asked trials as jobs, each in its own run dir with its trial file."""
