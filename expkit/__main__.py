@@ -14,13 +14,19 @@ def main():
     register_plugins()
     report_config_errors()  # Hydra config mistakes -> one line, exit 2
 
+    single = []  # set when a job ran in RUN mode in this process (not -m, not hydra.mode=MULTIRUN)
+
     def task(cfg):
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
         from expkit.runner import run_job  # heavy imports (torch) only once a job really runs
 
+        single.append(HydraConfig.get().mode == RunMode.RUN)
         return run_job(cfg)
 
     hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")(task)()
-    if not {"-m", "--multirun"} & set(sys.argv[1:]):
+    if single == [True]:
         quick_exit(exit_code())
     sys.exit(exit_code())
 

@@ -65,7 +65,7 @@ def test_study_resumes_prunes_and_records_failures(tmp_path):
     r = run_cli(*common, "hydra.sweeper.n_trials=4", "model.width=choice(8,16)", LR.format(0.04, 0.05),
                 f"hydra.sweep.dir={tmp_path / 's4'}")
     assert r.returncode == 2 and "start a new study" in r.stderr and "Traceback" not in r.stderr
-    assert len(_study(db).trials) == 3
+    assert len(_study(db).trials) == 3 and not (tmp_path / "s4").exists()  # nothing of that sweep is left
 
 
 def test_objective_is_best_val_accuracy_and_logs_are_plain(tmp_path):

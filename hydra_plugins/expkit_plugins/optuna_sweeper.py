@@ -131,24 +131,31 @@ class OptunaSweeper(Sweeper):
         from hydra.utils import instantiate
 
         from expkit.cli import mark_failed_jobs
-        from expkit.hpo import TRIAL_FILE
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         space, fixed = distributions(self.params, arguments, parser)
         self._check_composes(fixed, space)  # a typo'd key or option: one line now, not n failed trials
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        new_dir = not sweep_dir.exists()
+        sweep_dir.mkdir(parents=True, exist_ok=True)  # the default storage lives in it
         storage = self.storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
         if storage.startswith("sqlite:///"):  # absolute: every job, wherever it runs, reports to this file
             storage = f"sqlite:///{Path(storage[len('sqlite:///'):]).resolve()}"
         name = self.study_name or self.config.get("name", "expkit")
         study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
         earlier = len(study.trials)
-        _check_space(study, space, storage)
+        try:
+            _check_space(study, space, storage)
+        except UserError:
+            if new_dir and not any(sweep_dir.iterdir()):  # nothing of this sweep was written: leave no dir
+                sweep_dir.rmdir()
+            raise
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         sampler = self.sampler
-        if sampler and sampler.get("seed") is not None:  # a resumed study must not redraw its first trials
+        if sampler and sampler.get("seed") is not None and earlier:  # a resumed study must not redraw its trials
             sampler = dict(sampler, seed=int(sampler["seed"]) + earlier)
+            log.info("sampler seed %s + %d earlier trials = %d (a resumed study draws new trials)",
+                     self.sampler["seed"], earlier, sampler["seed"])
         study.sampler = instantiate(sampler) if sampler else optuna.samplers.TPESampler()
         finished = sum(t.state.is_finished() for t in study.trials)
         todo = max(0, self.n_trials - finished)
