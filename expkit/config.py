@@ -7,6 +7,8 @@ and set only what differs, so a wrong type or an unknown key fails when Hydra co
 (`--cfg job` included), with one line naming the key. `validate` then checks values and how keys
 go together, before anything runs.
 """
+import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
@@ -112,8 +114,15 @@ def validate(cfg: DictConfig) -> DictConfig:
             f"logger.name must be csv, tensorboard or mlflow, got {out.logger.name!r} (logger=csv|tensorboard|mlflow)")
     o, t = out.optim, out.trainer
     require(o.name in ("adam", "sgd"), f"optim.name must be adam or sgd, got {o.name!r}")
-    require(o.lr > 0, f"optim.lr must be > 0, got {o.lr} (e.g. optim.lr=0.001)")
-    require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    require(math.isfinite(o.lr) and o.lr > 0, f"optim.lr must be > 0 and finite, got {o.lr} (e.g. optim.lr=0.001)")
+    require(math.isfinite(o.weight_decay) and o.weight_decay >= 0,
+            f"optim.weight_decay must be >= 0 and finite, got {o.weight_decay}")
+    require(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1) (0 = none), got {o.momentum}")
+    # Adam has no momentum term (its betas are fixed): a momentum it never reads would make a new job
+    # identity, and a sweep rows that differ only by noise
+    require(o.name == "sgd" or o.momentum == 0,
+            f"optim.momentum={o.momentum} has no effect with optim={o.name} (only SGD reads it): add optim=sgd, "
+            f"or leave optim.momentum at 0")
     require(t.epochs >= 1, f"trainer.epochs must be >= 1, got {t.epochs}")
     require(t.batch_size >= 1, f"trainer.batch_size must be >= 1, got {t.batch_size}")
     require(t.checkpoint_every_s >= 0, f"trainer.checkpoint_every_s must be >= 0, got {t.checkpoint_every_s}")
@@ -139,10 +148,13 @@ def essential(cfg) -> dict:
     """What makes a run this run: its validated config without the values equal to their schema's
     default (names and seed always kept). A key added to a schema later, at its default, leaves
     the identity of older runs unchanged; a changed value or a changed default does not."""
+    return _essential(OmegaConf.to_container(validate(_as_config(cfg))))
+
+
+def _essential(v: dict) -> dict:
     from expkit.data import data_schema
     from expkit.models import model_schema
 
-    v = OmegaConf.to_container(validate(cfg))
     schemas = {"data": data_schema(v["data"]["name"]), "model": model_schema(v["model"]["name"]),
                "optim": OptimConf, "trainer": TrainerConf, "report": ReportConf, "logger": LoggerConf}
     out = {"seed": v["seed"], "name": v["name"]}
@@ -150,6 +162,62 @@ def essential(cfg) -> dict:
         out[section] = _differs(v[section], OmegaConf.to_container(OmegaConf.structured(schema)))
     out["data"]["name"], out["model"]["name"] = v["data"]["name"], v["model"]["name"]
     return out
+
+
+# what a config that does not validate raises (a job that failed on its config, a partial or old config file)
+INVALID = (UserError, OmegaConfBaseException, KeyError, TypeError, ValueError, AttributeError)
+
+
+def settled(cfg):
+    """(the config as plain data, validated?): validated (typed, every default filled in) when it
+    validates, else as composed (resolved where it can be). cfg: a DictConfig or a dict, e.g. a run's
+    .hydra/config.yaml or summary.json's config."""
+    cfg = _as_config(cfg)
+    try:
+        return OmegaConf.to_container(validate(cfg)), True
+    except INVALID:
+        try:
+            return OmegaConf.to_container(cfg, resolve=True), False
+        except OmegaConfBaseException:
+            return OmegaConf.to_container(cfg), False
+
+
+def identity(cfg, seed=True, settled_cfg=None) -> str:
+    """The one notion of "the same configuration", for the jobs of a sweep dir (the sweeper's
+    canonical), the rows of the tables and the merged report: the validated config without schema
+    defaults (`essential`), compared by value (optim.lr=1 and optim.lr=1.0 are one config), as sorted
+    JSON. seed=False: the configuration a seed sweep repeats (its seeds pooled). A config that does
+    not validate is known by its composed form. settled_cfg: settled(cfg), if already computed."""
+    v, valid = settled_cfg if settled_cfg is not None else settled(cfg)
+    ident = _essential(v) if valid else {"composed": dict(v)}
+    if not seed:
+        (ident if valid else ident["composed"]).pop("seed", None)
+    return json.dumps(by_value(ident), sort_keys=True, default=str)
+
+
+def by_value(x):
+    """Plain data to compare by value: an integral float is its int (1.0 == 1), numpy scalars are
+    Python's, containers recursively (tuples as lists)."""
+    if x is None or isinstance(x, (bool, str)):
+        return x
+    if isinstance(x, float):
+        return int(x) if x.is_integer() else x
+    if isinstance(x, int):
+        return x
+    if isinstance(x, dict):
+        return {str(k): by_value(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [by_value(v) for v in x]
+    if hasattr(x, "item") and callable(x.item):  # a numpy scalar
+        try:
+            return by_value(x.item())
+        except (TypeError, ValueError):
+            pass
+    return x
+
+
+def _as_config(cfg):
+    return cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg or {})
 
 
 def _differs(value: dict, default: dict) -> dict:
