@@ -9,10 +9,15 @@ import sys
 def main():
     import hydra
 
-    from expkit.cli import conf_dir, exit_code, register_plugins, report_config_errors
+    from expkit.cli import conf_dir, exit_code, register_plugins, report_config_errors, request_preview, \
+        sweep_preview_argv
 
     register_plugins()
     report_config_errors()  # Hydra config mistakes -> one line, exit 2
+    preview = sweep_preview_argv(sys.argv[1:])
+    if preview is not None:  # `-m ... --cfg job`: the sweeper itself shows its jobs and runs none
+        sys.argv[1:] = preview
+        request_preview()
 
     single = []  # set when a job ran in RUN mode in this process (not -m, not hydra.mode=MULTIRUN)
 

@@ -6,7 +6,7 @@ import re
 import sys
 from pathlib import Path
 
-_state = {"failed_jobs": 0}
+_state = {"failed_jobs": 0, "preview": False}
 
 
 def mark_failed_jobs(n):
@@ -15,6 +15,35 @@ def mark_failed_jobs(n):
 
 def exit_code():
     return 1 if _state["failed_jobs"] else 0
+
+
+def request_preview():
+    """`-m ... --cfg job`: the sweeper prints what it would run and runs nothing."""
+    _state["preview"] = True
+
+
+def preview_requested():
+    return _state["preview"]
+
+
+def sweep_preview_argv(argv):
+    """`-m ... --cfg job` (either order; Hydra refuses --cfg with -m): the arguments to run as a
+    sweep preview (without --cfg, --resolve, --package), or None for any other command line."""
+    if not any(a in ("-m", "--multirun") for a in argv):
+        return None
+    out, i, cfg = [], 0, False
+    while i < len(argv):
+        a = argv[i]
+        if a in ("--cfg", "-c", "--package", "-p"):
+            has_value = i + 1 < len(argv) and (a in ("--package", "-p") or argv[i + 1] in ("job", "hydra", "all"))
+            cfg, i = cfg or a in ("--cfg", "-c"), i + 1 + has_value  # the flag and its value
+            continue
+        if a.startswith(("--cfg=", "--package=")):
+            cfg = cfg or a.startswith("--cfg=")
+        elif a != "--resolve":
+            out.append(a)
+        i += 1
+    return out if cfg else None
 
 
 def full_error():
@@ -95,9 +124,27 @@ def one_line(ex):
         msg = f"{msg}: {cause} (`python train.py --cfg job` shows every key and its type)"
     if msg.startswith("Could not override"):
         key = msg.split("'")[1] if "'" in msg else "?"
-        msg = (f"unknown config key {key!r}: check its spelling against `python train.py --cfg job` "
-               f"(a key that is really new: +{key}=VALUE)")
+        msg = f"unknown config key {key!r}{_did_you_mean(key, ex.__cause__)} (`python train.py --cfg job` shows every key)"
+    if msg.startswith("Ambiguous value for argument"):  # Hydra's numbered hints are on the next lines
+        arg = msg.split("'")[1] if "'" in msg else "key=a,b"
+        msg += f": to sweep over these values add -m (python train.py -m {arg}); a list is key=[a,b], a string key='a,b'"
     return msg
+
+
+def _did_you_mean(key, cause):
+    """'; did you mean model.width?' from the keys of the node the typo'd key was looked up in (the
+    composed config, as OmegaConf's error holds it), or else the keys that node has."""
+    node = getattr(cause, "parent_node", None)
+    full = getattr(cause, "full_key", None) or key
+    if node is None or not hasattr(node, "keys"):
+        return ""
+    prefix, _, last = full.rpartition(".")
+    keys = [str(k) for k in node.keys() if k != "hydra"]
+    near = difflib.get_close_matches(last, keys, n=2, cutoff=0.6)
+    name = (lambda k: f"{prefix}.{k}" if prefix else k)
+    if near:
+        return f"; did you mean {' or '.join(map(name, near))}?"
+    return f"; {prefix or 'the top level'} has {', '.join(keys)}"
 
 
 def report_config_errors():

@@ -30,7 +30,7 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import OmegaConf
 
 from expkit.errors import UserError
-from hydra_plugins.expkit_plugins.sweeper import record_lost_jobs, value_str
+from hydra_plugins.expkit_plugins.sweeper import _key, declare_job_counter, job_counter, record_lost_jobs, value_str
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +60,21 @@ store_config()
 
 
 def distributions(params: Dict[str, str], arguments: List[str], parser):
-    """({key: optuna distribution}, fixed overrides): the preset's space, the command line on top."""
+    """({key: optuna distribution}, fixed overrides): the preset's space, the command line on top.
+    A key given on the command line (with or without +/++) replaces the preset's search over it."""
     import optuna.distributions as D
     from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 
     space, fixed = {}, []
     parsed = [parser.parse_overrides([f"{k}={v}"])[0] for k, v in params.items()]
     cmd = parser.parse_overrides(list(arguments))
-    given = {o.get_key_element() for o in cmd}
+    given = {_key(o): o for o in cmd}
     for o in parsed:
-        if o.get_key_element() in given:
-            log.info("command line replaces the preset's search over %s", o.get_key_element())
-    for o in [o for o in parsed if o.get_key_element() not in given] + cmd:
-        key, v = o.get_key_element(), o.value()
+        if _key(o) in given:
+            log.info("command line replaces the preset's search over %s (%s) with %s", _key(o),
+                     o.input_line.partition("=")[2], given[_key(o)].input_line)
+    for o in [o for o in parsed if _key(o) not in given] + cmd:
+        key, v = _key(o), o.value()
         if not o.is_sweep_override():
             fixed.append(o.input_line)
             continue
@@ -123,6 +125,7 @@ class OptunaSweeper(Sweeper):
                             "pip install -U 'optuna>=3'")
         quiet_optuna()
         self.hydra_context, self.config = hydra_context, config
+        declare_job_counter(config)
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
 
@@ -130,12 +133,17 @@ class OptunaSweeper(Sweeper):
         import optuna
         from hydra.utils import instantiate
 
-        from expkit.cli import mark_failed_jobs
+        from expkit.cli import mark_failed_jobs, preview_requested
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         space, fixed = distributions(self.params, arguments, parser)
+        # a searched key as the command line gave it (++key=choice(..) searches key, set by ++key=v)
+        self.as_given = {_key(o): o.get_key_element() for o in parser.parse_overrides(list(arguments))}
         self._check_composes(fixed, space)  # a typo'd key or option: one line now, not n failed trials
         sweep_dir = Path(self.config.hydra.sweep.dir)
+        if preview_requested():
+            self._preview(space, fixed, sweep_dir)
+            return []
         new_dir = not sweep_dir.exists()
         sweep_dir.mkdir(parents=True, exist_ok=True)  # the default storage lives in it
         storage = self.storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
@@ -190,11 +198,33 @@ class OptunaSweeper(Sweeper):
         probes = [base] + [dict(base, **{k: c}) for k, d in space.items()
                            if isinstance(d, CategoricalDistribution) for c in d.choices[1:]]
         for probe in probes:
-            job = fixed + [f"{k}={value_str(v)}" for k, v in probe.items()]
+            job = fixed + self._assignments(probe)
             try:
                 self.hydra_context.config_loader.load_sweep_config(self.config, job)
             except Exception as ex:
                 raise UserError(f"the search does not compose ({' '.join(job)}): {one_line(ex)}") from None
+
+    def _assignments(self, params):
+        """A trial's (or a probe's) values as overrides, each key with the +/++ it was given."""
+        return [f"{self.as_given.get(k, k)}={value_str(v)}" for k, v in params.items()]
+
+    def _preview(self, space, fixed, sweep_dir):
+        """`-m ... --cfg job`: the search this sweep would run, not its trials (Optuna picks them)."""
+        storage = self.storage or f"sqlite:///{sweep_dir / 'optuna.db'} (default: in the sweep dir)"
+        name = self.study_name or self.config.get("name", "expkit")
+
+        def built(spec):
+            if not spec:
+                return "none"
+            args = ", ".join(f"{k}={v}" for k, v in spec.items() if k != "_target_")
+            return f"{str(spec.get('_target_', '?')).rpartition('.')[2]}({args})"
+
+        print(f"\noptuna search preview (nothing runs, nothing is written): {sweep_dir}\n"
+              f"study {name!r} in {storage}: n_trials={self.n_trials} in total (trials already in the study "
+              f"count), {self.n_jobs} asked at a time\nsearch space (maximize the best epoch's val accuracy):")
+        for key, dist in space.items():
+            print(f"  {key}: {describe(dist)}")
+        print(f"fixed: {' '.join(fixed) or '-'}\nsampler: {built(self.sampler)}\npruner: {built(self.pruner)}")
 
     def _launch(self, batch, fixed, storage, name, sweep_dir, launched, todo):
         """Run a batch of asked trials as jobs, each in its own run dir with its trial file."""
@@ -208,14 +238,24 @@ class OptunaSweeper(Sweeper):
                     "trial_id": trial._trial_id, "pruner": self.pruner}  # optuna.trial.Trial(study, trial_id)
             (job_dir / TRIAL_FILE).write_text(json.dumps(spec, indent=2))
             trial.set_user_attr("dir", str(job_dir.resolve()))
-            jobs.append(fixed + [f"{key}={value_str(v)}" for key, v in trial.params.items()] +
-                        [f"hydra.sweep.subdir={job_dir.name}",
-                         f"++hydra.job.env_set.EXPKIT_JOB='{launched + k + 1}/{todo}'"])
+            jobs.append(fixed + self._assignments(trial.params) +
+                        [f"hydra.sweep.subdir={job_dir.name}", job_counter(launched + k + 1, todo)])
         try:
             return self.launcher.launch(jobs, initial_job_idx=launched)
         except Exception as ex:  # the launcher itself died: those trials fail, the study goes on
             record_lost_jobs(sweep_dir, [(j, Path(t.user_attrs["dir"]).name, None) for j, t in zip(jobs, batch)], ex)
             return None
+
+
+def describe(dist):
+    """An Optuna distribution in words: 'float in [1e-05, 1.0], log scale', 'one of 8, 16'."""
+    from optuna.distributions import CategoricalDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return "one of " + ", ".join(map(str, dist.choices))
+    kind = "int" if type(dist).__name__.startswith("Int") else "float"
+    step = f", step {dist.step}" if getattr(dist, "step", None) not in (None, 1) else ""
+    return f"{kind} in [{dist.low}, {dist.high}]" + (", log scale" if dist.log else "") + step
 
 
 def _check_space(study, space, storage):

@@ -8,7 +8,10 @@ A null in a tuple leaves that key unset for that job. Every other key is crossed
 
 Precedence: a key given on the command line replaces what a preset or a `sweep=` group
 sweeps for it, in the grid and inside paired tuples; jobs that become identical run once.
-`-m experiment=a,b` runs each preset's own sweep in its own sub-directory, with its report.
+`-m experiment=a,b` (or `sweep=a,b`, or `glob(...)` over either group, nested options such as ex4/lr
+included) runs each option's own sweep in its own sub-directory, with its report, and a merged
+table on top. With `--cfg job` (set by the entrypoint: expkit.cli.preview_requested) the sweeper
+prints the jobs it would run, which finished already, and how they would fuse, and runs nothing.
 
 A sweep dir knows its jobs by their config (.hydra/config.yaml, validated, compared on the values
 that differ from the schema defaults: `canonical`): a job identical to
@@ -16,6 +19,7 @@ one that finished there is skipped, an unfinished identical one resumes in its o
 new config gets a new dir; no job ever writes into a dir holding another config. Jobs that
 fail do not stop the sweep; the exit code is 1 if any failed.
 """
+import copy
 import itertools
 import json
 import logging
@@ -25,6 +29,7 @@ from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import RunMode
@@ -104,7 +109,7 @@ def expand(params: Dict[str, str], arguments: List[str], parser) -> List[List[st
     for text in [f"{k}={v}" for k, v in params.items() if "," not in k]:
         o = parser.parse_overrides([text])[0]
         if _key(o) in given:
-            log.info("command line replaces the preset's sweep of %s (%s)", _key(o), params[_key(o)])
+            log.info("command line replaces the preset's sweep of %s (%s)", _key(o), text.partition("=")[2])
         grid[_key(o)] = _values(o)
     for o in cmd:  # after the preset's: the command line wins, in the preset's position
         grid[_key(o)] = _values(o)
@@ -163,8 +168,48 @@ def existing_jobs(sweep_dir: Path):
                 status = json.loads((d / SUMMARY).read_text()).get("status")
             except ValueError:
                 pass
-        found.setdefault(ident, (d.name, status in ("completed", "diverged")))
+        finished = status in ("completed", "diverged")
+        if ident not in found or (finished and not found[ident][1]):  # a finished dir beats an unfinished one
+            found[ident] = (d.name, finished)
     return found
+
+
+STUDY_GROUPS = ("experiment", "sweep")  # their options declare a sweep (hydra.sweeper.params) of their own
+JOB_COUNTER = "hydra.job.env_set.EXPKIT_JOB"  # "k/N" in each job's progress line (expkit/trainers/torch.py)
+
+
+def declare_job_counter(config):
+    """Declare EXPKIT_JOB among the sweep's Hydra overrides, so that each job can set it with a plain
+    `hydra.` override, which Hydra's launchers leave out of their job lines (`++hydra...` they print)."""
+    with read_write(config), open_dict(config):
+        if f"++{JOB_COUNTER}=''" not in config.hydra.overrides.hydra:
+            config.hydra.overrides.hydra.append(f"++{JOB_COUNTER}=''")
+
+
+def job_counter(k, n):
+    return f"{JOB_COUNTER}='{k}/{n}'"
+
+
+def user_overrides(overrides):
+    """A job's overrides without Hydra's own (subdir, job counter): what the user's sweep varies."""
+    return [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
+
+
+def group_choices(override, loader):
+    """The options a sweep over a config group names, and whether a glob named them. A glob matches
+    every option of the group, nested ones (ex4/lr) too, which Hydra's own listing leaves out."""
+    from expkit.cli import group_options
+
+    group = _key(override)
+    pattern = override.value()
+    if not isinstance(pattern, Glob):
+        return list(dict.fromkeys(v.partition("=")[2] for v in _values(override))), False
+    every = sorted(set(group_options(group)) | set(loader.get_group_options(group)))
+    names = pattern.filter(every)
+    if not names:
+        raise UserError(f"{override.input_line} matches no {group} option (there are {len(every)}, e.g. "
+                        f"{', '.join(every[:4])}; python train.py --help lists them)")
+    return names, True
 
 
 class ExpkitSweeper(Sweeper):
@@ -174,38 +219,28 @@ class ExpkitSweeper(Sweeper):
 
     def setup(self, *, hydra_context, task_function, config):
         self.hydra_context, self.config = hydra_context, config
+        declare_job_counter(config)
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> Any:
-        from expkit.cli import mark_failed_jobs
+        from expkit.cli import mark_failed_jobs, preview_requested
         from expkit.report.aggregate import build_report
         from expkit.report.tables import terminal_table
 
-        loader = self.hydra_context.config_loader
-        parser = OverridesParser.create(config_loader=loader)
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         root = Path(self.config.hydra.sweep.dir)
-        presets = [o for o in parser.parse_overrides(list(arguments)) if _key(o) == "experiment"]
-        studies = []  # (sweep dir, its composed config, its jobs)
-        if presets and presets[0].is_sweep_override():
-            rest = [a for a, o in zip(arguments, parser.parse_overrides(list(arguments))) if _key(o) != "experiment"]
-            names = list(dict.fromkeys(v.partition("=")[2] for v in _values(presets[0])))
-            log.info("sweep over %d presets, each with its own sweep and report under %s: %s",
-                     len(names), root, ", ".join(names))
-            for name in names:
-                args = rest + [f"experiment={name}"]
-                cfg = loader.load_configuration(config_name=self.config.hydra.job.config_name, run_mode=RunMode.MULTIRUN,
-                                                overrides=list(self.config.hydra.overrides.hydra) + args)
-                studies.append((root / name.replace("/", "_"), cfg, expand(dict(cfg.hydra.sweeper.params or {}),
-                                                                           args, parser)))
-        else:
-            studies.append((root, self.config, expand(self.params, arguments, parser)))
+        studies = self.studies(arguments, parser)
+        if preview_requested():
+            for sweep_dir, cfg, jobs in studies:
+                self._preview(jobs, sweep_dir, root)
+            return []
 
+        todos = [self._assign(jobs, sweep_dir, root) for sweep_dir, _, jobs in studies]  # every job composes
         returns, failed, jobs_total = [], 0, 0
-        for sweep_dir, cfg, jobs in studies:
+        for (sweep_dir, cfg, jobs), todo in zip(studies, todos):
             sweep_dir.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(cfg, sweep_dir / "multirun.yaml")
-            todo = self._assign(jobs, sweep_dir, root)
             log.info("sweep: %d job(s), %d to run -> %s", len(jobs), len(todo), sweep_dir)
             try:
                 returns += self._launch(todo, sweep_dir, root)
@@ -219,39 +254,123 @@ class ExpkitSweeper(Sweeper):
         mark_failed_jobs(failed)
         msg = f"sweep done: {jobs_total} job(s), {failed} failed; table: {studies[0][0] / 'results.md'}"
         if len(studies) > 1:
-            msg = f"sweep done: {jobs_total} job(s) in {len(studies)} presets, {failed} failed; tables: " \
-                  f"{root}/<preset>/results.md, merged {root / 'results.md'}"
+            msg = f"sweep done: {jobs_total} job(s) in {len(studies)} studies, {failed} failed; tables: " \
+                  f"{root}/<study>/results.md, merged {root / 'results.md'}"
         (log.warning if failed else log.info)(msg)
         return returns
 
-    def _assign(self, jobs, sweep_dir, root):
-        """Each job's dir, by its config: skip finished identical jobs, reuse unfinished ones."""
+    def studies(self, arguments, parser):
+        """[(sweep dir, composed config, jobs)]: one study, or, when the command line sweeps the options
+        of `experiment` or `sweep` (a list or a glob), one per option (per combination, when both),
+        each with its own sweep in its own sub-dir. Options that bring another sweeper (hpo/*:
+        hydra/sweeper=optuna) cannot join: a glob leaves them out and says so, a list is an error."""
+        loader = self.hydra_context.config_loader
+        root = Path(self.config.hydra.sweep.dir)
+        parsed = parser.parse_overrides(list(arguments))
+        over = [i for i, o in enumerate(parsed) if _key(o) in STUDY_GROUPS and o.is_sweep_override()]
+        if not over:
+            return [(root, self.config, expand(self.params, arguments, parser))]
+        rest = [a for i, a in enumerate(arguments) if i not in over]
+        choices = [group_choices(parsed[i], loader) for i in over]
+        globbed = any(g for _, g in choices)
+        options = [[f"{_key(parsed[i])}={n}" for n in names] for i, (names, _) in zip(over, choices)]
+        studies, left_out = [], []
+        for combo in itertools.product(*options):
+            args = rest + list(combo)
+            cfg = loader.load_configuration(config_name=self.config.hydra.job.config_name, run_mode=RunMode.MULTIRUN,
+                                            overrides=list(self.config.hydra.overrides.hydra) + args)
+            if cfg.hydra.sweeper.get("_target_") != ExpkitSweeperConf._target_:
+                left_out.append(f"{' '.join(combo)} (hydra/sweeper={cfg.hydra.runtime.choices.get('hydra/sweeper')})")
+                continue
+            name = "+".join(c.partition("=")[2].replace("/", "_") for c in combo)
+            studies.append((root / name, cfg, expand(dict(cfg.hydra.sweeper.params or {}), args, parser)))
+        if left_out and not (globbed and studies):
+            raise UserError(f"{', '.join(left_out)} brings another sweeper and cannot join a sweep over "
+                            f"several options: run it alone (python train.py -m {left_out[0].split(' (')[0]})")
+        if left_out:
+            log.warning("left out of this sweep, each brings another sweeper (run it alone with -m): %s",
+                        ", ".join(left_out))
+        log.info("sweep over %d studies, each with its own sweep and report under %s: %s",
+                 len(studies), root, ", ".join(s[0].name for s in studies))
+        return studies
+
+    def _identify(self, jobs, sweep_dir, root):
+        """Each job's place in the sweep dir, by its config: [(overrides, dir name, composed config,
+        state)], state "finished" (an identical config finished there: skipped), "resume" (an
+        identical unfinished one: its dir) or "new" (a new dir). Jobs identical to an earlier one of
+        this sweep are left out. Reads the sweep dir only."""
+        from hydra_plugins.expkit_plugins.fused_launcher import _task_cfg
+
         loader = self.hydra_context.config_loader
         known = existing_jobs(sweep_dir)
-        used = {p.name for p in sweep_dir.iterdir() if p.is_dir()}
+        used = {p.name for p in sweep_dir.iterdir() if p.is_dir()} if sweep_dir.is_dir() else set()
         next_num = max([int(n) for n in used if n.isdigit()], default=-1) + 1
-        todo = []
+        out, queued = [], set()
         for job in jobs:
             config = loader.load_sweep_config(self.config, list(job))  # also checks it composes
-            with read_write(config), open_dict(config):
-                del config["hydra"]
-            ident = canonical(config)
+            ident = canonical(_task_cfg(config))
             if ident in known:
                 name, finished = known[ident]
-                if finished:
-                    log.info("skipping %s: this exact config already finished in %s", " ".join(job), sweep_dir / name)
-                    continue
-                if name in {t[1] for t in todo}:  # already queued in this sweep
-                    continue
+                state = "finished" if finished else "resume"
             else:
-                name = str(next_num)
+                name, state = str(next_num), "new"
                 next_num += 1
                 known[ident] = (name, False)
+            if name in queued:  # identical to a job already in this sweep
+                continue
+            queued.add(name)
+            out.append((list(job), name, config, state))
+        return out
+
+    def _assign(self, jobs, sweep_dir, root):
+        """The jobs to run, each with its dir (by its config): skip finished identical jobs, reuse
+        unfinished ones. [(overrides, dir name, task config)]"""
+        from hydra_plugins.expkit_plugins.fused_launcher import _task_cfg
+
+        todo = []
+        for job, name, config, state in self._identify(jobs, sweep_dir, root):
+            if state == "finished":
+                log.info("skipping %s: this exact config already finished in %s", " ".join(job), sweep_dir / name)
+                continue
             sub = str((sweep_dir / name).relative_to(root))
-            todo.append((list(job) + [f"hydra.sweep.subdir={sub}"], name, config))
+            todo.append((job + [f"hydra.sweep.subdir={sub}"], name, _task_cfg(config)))
         for k, (overrides, _, _) in enumerate(todo, 1):  # "job k/N" in each job's progress line
-            overrides.append(f"++hydra.job.env_set.EXPKIT_JOB='{k}/{len(todo)}'")
+            overrides.append(job_counter(k, len(todo)))
         return todo
+
+    def _preview(self, jobs, sweep_dir, root):
+        """`-m ... --cfg job`: the jobs this sweep would run (numbered as `job k/N` in its log), those
+        already finished in its dir, and how they would fuse (fused_launcher.plan, in batches of
+        max_batch_size); nothing is written."""
+        from hydra_plugins.expkit_plugins.fused_launcher import Job, plan
+
+        entries = self._identify(jobs, sweep_dir, root)
+        todo = [e for e in entries if e[3] != "finished"]
+        print(f"\nsweep preview (nothing runs, nothing is written): {sweep_dir}\n"
+              f"{len(entries)} job(s): {len(todo)} to run, {len(entries) - len(todo)} already finished there")
+        k = 0
+        for job, name, _, state in entries:
+            if state == "finished":
+                head = f"done  (finished in {name})"
+            else:
+                k += 1
+                head = f"#{k:<3} -> {name}" + (" (resumes)" if state == "resume" else "")
+            print(f"  {head:<24} {' '.join(user_overrides(job)) or '(no overrides)'}")
+        if not todo:
+            return
+        n = self.max_batch_size or len(todo)
+        units = []
+        for i in range(0, len(todo), n):
+            units += plan([Job(i + k, job, copy.deepcopy(config))
+                           for k, (job, _, config, _) in enumerate(todo[i:i + n], 1)])
+        on = self.config.hydra.runtime.choices.get("hydra/launcher") == "fused"
+        print(f"fused ({'this sweep' if on else 'if run with hydra/launcher=fused'}): "
+              f"{len(todo)} job(s) train as {len(units)} unit(s)")
+        for u in units:
+            if len(u) > 1:
+                print(f"  together: {' + '.join(f'#{j.num}' for j in u)}")
+            else:
+                print(f"  alone:    #{u[0].num}: {u[0].why_alone}")
 
     def _launch(self, todo, sweep_dir, root):
         returns, idx = [], 0
