@@ -183,7 +183,7 @@ def test_groups_are_configs_without_seed_in_first_appearance_order(tmp_path):
 
     g = plots.groups(df, job_dirs(root))
     assert [label for label, _ in g] == ["depth=6, width=16", "depth=1, width=8"]
-    assert [[r["seed"] for r, _ in m] for _, m in g] == [["1", "2"], ["1"]]  # the failed job is left out
+    assert [[r["seed"] for r, _ in m] for _, m in g] == [[1, 2], [1]]  # by value; the failed job is left out
 
 
 def test_epochs_draws_mean_line_and_band_per_config(tmp_path, figs):

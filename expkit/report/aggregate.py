@@ -17,8 +17,9 @@ import pandas as pd
 import yaml
 
 from expkit.cache import atomic_write
+from expkit.config import by_value, identity, settled
 from expkit.report.tables import (  # noqa: F401  (swept_keys, pm, to_markdown, ...: importable from here too)
-    SEED, _finite, _mean_std, config_groups, config_keys, pm, seed_varies, swept_keys, to_markdown)
+    OK, SEED, _finite, _mean_std, config_groups, config_keys, pm, seed_varies, swept_keys, to_markdown)
 
 log = logging.getLogger(__name__)
 METRICS = ["train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss"]
@@ -34,11 +35,12 @@ def job_dirs(root: Path):
     return dirs
 
 
-def _overrides(d: Path):
+def _overrides(d: Path, summary=None):
+    """{key: override text} of a job (Hydra's record, else summary.json's), keys without +/~."""
     f = d / ".hydra" / "overrides.yaml"
     items = yaml.safe_load(f.read_text()) if f.exists() else []
-    if not items and (d / "summary.json").exists():
-        items = json.loads((d / "summary.json").read_text()).get("overrides", [])
+    if not items and summary:
+        items = summary.get("overrides", [])
     out = {}
     for item in items or []:
         key, _, value = item.partition("=")
@@ -46,15 +48,29 @@ def _overrides(d: Path):
     return out
 
 
-def _row(d: Path, root: Path):
+def _summary(d: Path):
+    if not (d / "summary.json").exists():
+        return {}
+    try:
+        return json.loads((d / "summary.json").read_text())
+    except ValueError:
+        return {"status": "failed", "error": "unreadable summary.json"}
+
+
+def _config(d: Path, summary):
+    """The job's config as saved: Hydra's composed .hydra/config.yaml (written before it ran), else
+    summary.json's validated config, else config.yaml; {} without any."""
+    f = d / ".hydra" / "config.yaml"
+    if f.exists():
+        return yaml.safe_load(f.read_text()) or {}
+    if summary.get("config"):
+        return summary["config"]
+    f = d / "config.yaml"
+    return (yaml.safe_load(f.read_text()) or {}) if f.exists() else {}
+
+
+def _row(d: Path, root: Path, s):
     row = {"job": str(d.relative_to(root)) if d != root else d.name}
-    row.update({f"@{k}": v for k, v in _overrides(d).items()})
-    s = {}
-    if (d / "summary.json").exists():
-        try:
-            s = json.loads((d / "summary.json").read_text())
-        except ValueError:
-            s = {"status": "failed", "error": "unreadable summary.json"}
     row["status"] = s.get("status", "unfinished")
     final = s.get("final", {})
     for m in METRICS:
@@ -70,27 +86,148 @@ def _row(d: Path, root: Path):
     return row
 
 
+class _Job:
+    """What the table knows of one job's configuration: its config by value (validated, defaults
+    filled in, when it validates), its identity without seed (expkit.config.identity, the sweeper's
+    notion of the same config), and its overrides (the keys the user swept)."""
+
+    def __init__(self, d: Path, summary):
+        self.dir = d
+        self.overrides = _overrides(d, summary)
+        self.config, self.valid = settled(_config(d, summary))
+        self.identity = identity(None, seed=False, settled_cfg=(self.config, self.valid))
+        if not self.valid:  # a partial or unreadable config: the overrides it lacks still tell configs apart
+            extra = {k: _parsed(v) for k, v in self.overrides.items() if _at(self.config, k) is _MISSING}
+            self.identity += json.dumps(by_value(extra), sort_keys=True, default=str)
+        self._choices = None
+
+    def value(self, key):
+        """The job's value of a swept key, by value: from its config; a group's choice (model=cnn,
+        experiment=ex4/lr) by its name; else the override's text parsed; _MISSING without one."""
+        node = _at(self.config, key)
+        if node is not _MISSING and not ("." not in key and isinstance(node, dict)):
+            return node
+        if node is not _MISSING or "." not in key:  # a config group: its option's name
+            if key in self.overrides:
+                return self.overrides[key]
+            return self.choices().get(key, _MISSING)
+        return _parsed(self.overrides[key]) if key in self.overrides else _MISSING
+
+    def choices(self):
+        if self._choices is None:
+            f = self.dir / ".hydra" / "hydra.yaml"
+            try:
+                found = ((yaml.safe_load(f.read_text()) or {}).get("hydra", {}).get("runtime", {})
+                         .get("choices") or {}) if f.exists() else {}
+            except yaml.YAMLError:
+                found = {}
+            self._choices = {k: v for k, v in found.items() if v is not None and not k.startswith("hydra")}
+        return self._choices
+
+
+_MISSING = object()
+
+
+def _at(tree, key):
+    """The node at a dotted key of plain data, or _MISSING."""
+    node = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _leaves(tree, prefix=""):
+    """{dotted key: value} of every leaf (lists are leaves) of plain data, in order."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _parsed(text):
+    """An override's text as a value (a job whose config lacks the key): '1' and '1.0' are one value."""
+    try:
+        v = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(v, str):
+        try:
+            return float(v)  # YAML 1.1 reads 1e-3 as text
+        except ValueError:
+            return v
+    return v
+
+
+def _same(v):
+    """A value's key for comparing by value, a missing one included as its own value."""
+    return "<missing>" if v is _MISSING else json.dumps(by_value(v), sort_keys=True, default=str)
+
+
+def _shown(v):
+    """A value as the table holds it: lists and dicts as compact text, a missing one as None."""
+    if v is _MISSING:
+        return None
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, separators=(",", ":"), default=str)
+    return v
+
+
+def varying_keys(jobs):
+    """The keys a table shows, in order: the swept keys (overridden in some job) whose values differ
+    by value (a missing value counted as one), the seed if it differs, then the config keys needed so
+    that no two configurations (identities without seed) share a row's values."""
+    candidates = list(dict.fromkeys(k for j in jobs for k in j.overrides))
+    if SEED not in candidates:
+        candidates.append(SEED)
+    keys = [k for k in candidates if len({_same(j.value(k)) for j in jobs}) > 1]
+
+    def clashes(keys):
+        seen = {}
+        for j in jobs:
+            seen.setdefault(tuple(_same(j.value(k)) for k in keys if k != SEED), set()).add(j.identity)
+        return [ids for ids in seen.values() if len(ids) > 1]
+
+    if clashes(keys):  # e.g. a preset edited between two runs into one dir: show what differs
+        leaves = [_leaves(j.config) for j in jobs]
+        extra = list(dict.fromkeys(k for lv in leaves for k in lv))
+        keys += [k for k in extra if k not in keys and k != SEED
+                 and len({_same(lv.get(k, _MISSING)) for lv in leaves}) > 1]
+    return keys
+
+
 def collect(roots):
-    """The results table over one or more run/sweep dirs. Columns of swept keys come first,
-    named without their '@' marker; keys equal in every job are dropped (they were not swept)."""
-    rows = []
+    """The results table over one or more run/sweep dirs: one row per job. The swept keys come
+    first, by value (from each job's config: optim.lr=1 and optim.lr=1.0 show 1.0; a job without a
+    seed= override shows the seed it ran), only those that differ between jobs (with one job,
+    nothing was swept), plus any config key needed to tell two configurations apart."""
+    rows, jobs = [], []
     for root in roots:
         root = Path(root)
         for d in job_dirs(root):
-            r = _row(d, root)
+            s = _summary(d)
+            r = _row(d, root, s)
             if len(roots) > 1:
                 r["sweep"] = str(root)
             rows.append(r)
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return df
-    swept = [c for c in df.columns if c.startswith("@")]
-    varying = [c for c in swept if df[c].astype(str).nunique() > 1]  # one job: nothing was swept
-    df = df.drop(columns=[c for c in swept if c not in varying])
-    df = df.rename(columns={c: c[1:] for c in varying})
-    lead = (["sweep"] if "sweep" in df else []) + ["job"] + [c[1:] for c in varying]
-    df = df[lead + [c for c in df.columns if c not in lead]]
-    df = df.dropna(axis=1, how="all")
+            jobs.append(_Job(d, s))
+    if not rows:
+        return pd.DataFrame()
+    keys = varying_keys(jobs)
+    lead = (["sweep"] if len(roots) > 1 else []) + ["job"]
+    table = []
+    for r, j in zip(rows, jobs):
+        head = {k: r[k] for k in lead}
+        head.update({k: _shown(j.value(k)) for k in keys})
+        table.append({**head, **{k: v for k, v in r.items() if k not in lead}})
+    df = pd.DataFrame(table)
+    df = df[lead + keys + [c for c in df.columns if c not in lead + keys]]  # keys first, even all-missing
+    metrics = [c for c in df.columns if c not in lead + keys]
+    df = df.drop(columns=[c for c in metrics if df[c].isna().all()])
     if "error" in df and not df.error.astype(bool).any():
         df = df.drop(columns="error")
     return df
@@ -98,7 +235,6 @@ def collect(roots):
 
 # ---- results over seeds: one row per configuration = per combination of the swept keys but seed ----
 
-OK = ("completed", "diverged")  # jobs with a result; the others (failed, skipped, unfinished) count as failed
 AGG = METRICS + ["best_val_acc", "best_test_acc", "wall_time_s"]
 
 
@@ -108,14 +244,21 @@ def _summaries(df):
     for _, idx in config_groups(df, keys):
         g = df.loc[idx]
         ok = g[g.status.isin(OK)]
+        pruned = int((g.status == "pruned").sum())
         yield {
             "keys": {k: g[k].iloc[0] for k in keys},
             "n": len(ok),
-            "seeds": ",".join("-" if s != s else str(s) for s in ok[SEED]),
-            "diverged": int((g.status == "diverged").sum()),
-            "failed": len(g) - len(ok),
+            "seeds": ",".join("-" if s != s or s is None else str(by_value(s)) for s in ok[SEED]),
+            "counts": {"diverged": int((g.status == "diverged").sum()), "pruned": pruned,
+                       "failed": len(g) - len(ok) - pruned},
             "values": {m: _finite(ok[m]) for m in AGG if m in g},
         }
+
+
+def _counts(summaries):
+    """The count columns of results_by_config: diverged, pruned (only when a job was), failed."""
+    pruned = any(s["counts"]["pruned"] for s in summaries)
+    return [c for c in ("diverged", "pruned", "failed") if c != "pruned" or pruned]
 
 
 def by_config(df):
@@ -124,9 +267,9 @@ def by_config(df):
     None when the jobs do not differ in seed."""
     if not seed_varies(df):
         return None
-    rows = []
-    for s in _summaries(df):
-        r = dict(s["keys"], n=s["n"], seeds=s["seeds"], diverged=s["diverged"], failed=s["failed"])
+    rows, summaries = [], list(_summaries(df))
+    for s in summaries:
+        r = dict(s["keys"], n=s["n"], seeds=s["seeds"], **{c: s["counts"][c] for c in _counts(summaries)})
         for m, v in s["values"].items():
             r[f"{m}_mean"], r[f"{m}_std"] = _mean_std(v)
         rows.append(r)
@@ -138,9 +281,9 @@ def by_config(df):
 def by_config_markdown(df):
     """The .md of results_by_config: mean ± std strings; '(k/n)' where only k of the n seeds had a value."""
     table = by_config(df)
-    rows = []
-    for s in _summaries(df):
-        r = dict(s["keys"], n=s["n"], seeds=s["seeds"], diverged=s["diverged"], failed=s["failed"])
+    rows, summaries = [], list(_summaries(df))
+    for s in summaries:
+        r = dict(s["keys"], n=s["n"], seeds=s["seeds"], **{c: s["counts"][c] for c in _counts(summaries)})
         for m, v in s["values"].items():
             if f"{m}_mean" in table:
                 r[m] = pm(*_mean_std(v)) + (f" ({len(v)}/{s['n']})" if 0 < len(v) < s["n"] else "")
@@ -149,8 +292,9 @@ def by_config_markdown(df):
     if not t.diverged.any():
         t = t.drop(columns="diverged")
     head = ("Mean ± sample std (ddof 1) over seeds, per configuration (the swept keys but seed). "
-            "n: seeds with a result (completed or diverged); failed: jobs without one (failed, skipped, "
-            "unfinished), left out of the means; (k/n): only k seeds had a finite value.\n\n")
+            "n: seeds with a result (completed or diverged); pruned (an Optuna trial stopped early) and "
+            "failed (failed, skipped, unfinished): jobs without one, left out of the means; (k/n): only k "
+            "seeds had a finite value.\n\n")
     return head + to_markdown(t.astype(object))
 
 

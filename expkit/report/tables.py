@@ -1,10 +1,19 @@
 """Table helpers shared by the sweep tables (aggregate.py) and the plots: which columns were swept,
 the configurations (the swept keys but seed) and their jobs, mean ± std over seeds, markdown.
-numpy and pandas only: nothing here draws, and nothing here imports another report module."""
+numpy, pandas and expkit.config (values compared by value) only: nothing here draws, and nothing
+here imports another report module."""
+import json
+
 import numpy as np
 import pandas as pd
 
+from expkit.config import by_value
+
 SEED = "seed"
+# The jobs whose metrics count in a configuration's mean, in every table (results_by_config, the
+# terminal table): those with a result. Pruned (an Optuna trial stopped early: its last epoch is not
+# comparable), failed, skipped and unfinished jobs are counted, never averaged.
+OK = ("completed", "diverged")
 
 
 def swept_keys(df):
@@ -22,15 +31,27 @@ def seed_varies(df):
 
 
 def config_groups(df, keys=None):
-    """[(config values, [row index, ...])] in order of first appearance; a missing value is its own value.
-    Jobs group only when they differ in seed: without a swept seed, every job is its own group."""
+    """[(config values, [row index, ...])] in order of first appearance, the values compared by value
+    (1 and 1.0 are one value; a missing value is its own value, under any pandas). collect() shows the
+    keys that tell configurations apart, so these are the configurations (expkit.config.identity
+    without seed). Jobs group only when they differ in seed: without a swept seed, every job is its
+    own group."""
     if not seed_varies(df):
         return [((str(i),), [i]) for i in df.index]
     keys = config_keys(df) if keys is None else keys
     groups = {}
-    for i, vals in zip(df.index, df[keys].astype(str).itertuples(index=False, name=None)):
-        groups.setdefault(tuple(vals), []).append(i)
+    for i, vals in zip(df.index, df[keys].itertuples(index=False, name=None)):
+        groups.setdefault(tuple(same_value(v) for v in vals), []).append(i)
     return list(groups.items())
+
+
+def missing(v):
+    return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v)
+
+
+def same_value(v):
+    """A cell's key for comparing by value; every missing value (None, NaN, pd.NA) is one value."""
+    return "<missing>" if missing(v) else json.dumps(by_value(v), sort_keys=True, default=str)
 
 
 def _finite(values):
@@ -71,7 +92,7 @@ def terminal_table(df, width=120):
     rows = []
     for vals, idx in config_groups(df, keys):
         g = df.loc[idx]
-        ok = g[g.status.isin(["completed", "diverged", "pruned"])]  # a pruned trial: its epochs so far
+        ok = g[g.status.isin(OK)]
         status = ",".join(f"{s}" + (f" x{c}" if c > 1 else "") for s, c in g.status.value_counts().items())
         stats = {m: _mean_std(_finite(ok[m])) if m in ok else (np.nan, np.nan)
                  for m in ("val_acc", "test_acc", "wall_time_s")}
