@@ -68,7 +68,12 @@ def with_features(net, weights_key, splits, device=None, precision="fp32"):
 
     import torch
 
-    f = features(net, weights_key, splits, device or torch.device("cpu"), precision)
+    device = device or torch.device("cpu")
+    f = features(net, weights_key, splits, device, precision)
     parts = {part: replace(split, x=torch.from_numpy(f[part])) for part, split in splits.items()}
-    return replace(splits, **parts, prepare=None, augment=None,
+    # where and in what precision the inputs were made (summary.json "features"): an estimator that
+    # fits on the CPU in fp64 still records that its features came from, e.g., cuda in bf16
+    extras = dict(splits.extras, features={"backbone": type(net).__name__, "weights": weights_key,
+                                           "device": str(device), "precision": precision})
+    return replace(splits, **parts, prepare=None, augment=None, extras=extras,
                    description=splits.description + "; inputs: frozen ResNet18 features (cached)")

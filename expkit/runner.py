@@ -135,44 +135,101 @@ def run_group(cfgs, run_dirs, overrides, job_num=None):
     np.random.seed(first.seed)
     torch.manual_seed(first.seed)
     transform = models.input_transform(first.model)  # the model's input transform, if it has one
-    splits = datasets.load(first.data, transform)
-    log.info("data: %s (train %d, val %d, test %d, %d classes)", splits.description,
-             len(splits.train), len(splits.val), len(splits.test), splits.n_classes)
-    built = []
-    for i in todo:  # each member initialised exactly as its own run would be
-        np.random.seed(cfgs[i].seed)
-        torch.manual_seed(cfgs[i].seed)
-        built.append(models.build(cfgs[i].model, splits))
-    nets = [model for _, model in built]
-    probe = models.frozen_backbone(first.model, nets[0])
-    slot = _place(first, nets[0] if probe is None else probe[0], job_num)
+    slot = _place(first, None, job_num)  # before the data: a job waiting for its GPU slot holds nothing
     try:
+        splits = datasets.load(first.data, transform)
+        log.info("data: %s (train %d, val %d, test %d, %d classes)", splits.description,
+                 len(splits.train), len(splits.val), len(splits.test), splits.n_classes)
+        built = []
+        for i in todo:  # each member initialised exactly as its own run would be
+            np.random.seed(cfgs[i].seed)
+            torch.manual_seed(cfgs[i].seed)
+            built.append(models.build(cfgs[i].model, splits))
+        nets = [model for _, model in built]
+        probe = models.frozen_backbone(first.model, nets[0])
+        if slot is not None and not hasattr(slot, "device_id"):  # placement.LATER: the built model's size decides
+            slot = _place(first, nets[0] if probe is None else probe[0], job_num)
         return _train_and_finish(cfgs, run_dirs, overrides, todo, summaries, splits, built, nets, probe, slot)
     finally:
         if slot is not None:
             slot.release()
+        from expkit.device import free_cuda_cache
+
+        free_cuda_cache()  # what this job's tensors held goes back to the driver (a reused worker's next job)
 
 
 def _place(cfg, model, job_num):
     """A sweep job bound for a GPU waits for a free slot and is pinned to that GPU before CUDA
-    starts (a fused group takes one slot: the whole group lives on one device)."""
+    starts (a fused group takes one slot: the whole group lives on one device). Called before the
+    data is loaded (model=None: decided from the config) and, only when the config cannot tell (an
+    MLP under trainer.device=auto: its input layer depends on the data), again with the built model.
+    Returns the held Slot, None (no slot), or placement.LATER (ask again with the model)."""
     from expkit import placement
-    from expkit.device import wants_gpu
+    from expkit.device import free_cuda_cache, set_placed, wants_gpu, wants_gpu_conf
 
-    if job_num is None or not wants_gpu(cfg.trainer.device, model):
+    if model is None:  # a new job: nothing of an earlier one in this process stays placed or cached
+        set_placed(None)
+        free_cuda_cache()
+    if job_num is None:
         return None
+    name = cfg.trainer.device
+    wants = wants_gpu_conf(name, cfg.model) if model is None else wants_gpu(name, model)
+    if wants is None:
+        return placement.LATER
+    if not wants:
+        return None
+    scheduler = placement.scheduler_gpus()
+    if scheduler:  # its GPUs are this job's alone: expkit's slots would only second-guess the scheduler
+        log.info("%s was given GPU(s) %s by its scheduler (CUDA_VISIBLE_DEVICES): no expkit GPU slot", *scheduler)
+        return None
+    if name.startswith("cuda:"):
+        return None  # a device the user named: used as named
     devices = placement.visible_devices()
     if not devices:
         if placement.hidden_gpus():
             log.warning("this job sees no GPU although the machine has some (CUDA_VISIBLE_DEVICES is empty, e.g. "
                         "hydra/launcher=submitit_local without hydra.launcher.gpus_per_node=N): it trains on the CPU")
+        elif placement.blind():
+            log.warning("GPU placement cannot see this machine's GPUs (no NVML library, no nvidia-smi, and the CUDA "
+                        "driver did not list any): this job takes no GPU slot, so trainer.jobs_per_gpu is not "
+                        "enforced, and it trains on cuda:0 if CUDA finds a GPU")
         return None
-    if cfg.trainer.device.startswith("cuda:"):
-        return None  # a device the user named: used as named
-    per = cfg.trainer.jobs_per_gpu or placement.default_per_device(None, cfg.model.name)
-    slot = placement.acquire(placement.SLOT_DIR, devices, per, prefer=job_num)
-    placement.pin(slot.device_id)  # this process's only GPU from now on: a worker stays on its GPU
-    log.info("job %d placed on GPU %s (at most %d job(s) per GPU at once)", job_num, slot.device_id, per)
+    tied = placement.cuda_tied(devices)
+    if tied is not None:  # CUDA started earlier in this process and read CUDA_VISIBLE_DEVICES then, for good
+        started = placement.cuda_started()
+        if not tied:
+            raise UserError(f"this process cannot reach any of GPU(s) {', '.join(devices)}: CUDA already started in "
+                            f"it with {started.describe()}; run the job in a fresh process")
+        if tied != devices:
+            log.info("CUDA started earlier in this process (%s): this job can only run on GPU(s) %s, and waits for "
+                     "a slot there", started.describe(), ", ".join(tied))
+        devices = tied
+    per = cfg.trainer.jobs_per_gpu or placement.default_per_device(placement.memory_gb(devices), cfg.model.name)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        n_jobs = int(HydraConfig.get().launcher.get("n_jobs") or 0)
+    except Exception:  # not under Hydra, or a launcher without n_jobs
+        n_jobs = 0
+    if n_jobs > len(devices) * per:
+        placement.warn_once("contexts", "hydra.launcher.n_jobs=%d workers for %d GPU(s) x %d job(s) each: a worker "
+                            "keeps its CUDA context (about 0.5 GB) on its GPU after a job, so up to %d contexts stay "
+                            "resident; n_jobs=%d runs as many jobs at once", n_jobs, len(devices), per, n_jobs,
+                            len(devices) * per)
+    try:
+        slot = placement.acquire(placement.SLOT_DIR, devices, per, prefer=job_num, job=str(job_num))
+    except placement.LockingUnsupported as ex:
+        log.warning("%s: no GPU placement for this job (it takes no slot, so trainer.jobs_per_gpu is not enforced); "
+                    "set EXPKIT_GPU_SLOTS to a dir on a local file system", ex)
+        return None
+    try:
+        torch_device = placement.pin(slot.device_id)
+    except BaseException:
+        slot.release()
+        raise
+    set_placed(torch_device)
+    log.info("job %d placed on GPU %s%s (at most %d job(s) per GPU at once)", job_num, slot.device_id,
+             "" if torch_device == "cuda:0" else f", {torch_device} in this process", per)
     return slot
 
 

@@ -2,6 +2,7 @@
 checkpoints across devices, estimators' devices, streaming from the host, channels_last, the
 frozen-feature cache key. Nothing here runs CUDA kernels (no GPU on this project's machines)."""
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -10,7 +11,7 @@ import torch
 
 from conftest import compose_cfg, run_cli
 from expkit.device import pick_device, pick_precision, set_determinism
-from expkit.errors import UserError
+from expkit.errors import ForeignDir, UserError
 from expkit.models.mlp import MLP
 
 
@@ -107,9 +108,18 @@ def test_checkpoint_from_another_device_or_precision_is_one_line(countries_root,
     state["config"] = json.dumps(written, sort_keys=True)
     torch.save(state, path)
     monkeypatch.setattr(trainer, "_stop_or_go", real)
-    with pytest.raises(UserError, match="written on cuda in bf16; this run resolves to cpu in fp32: set "
-                                        "trainer.device=cuda trainer.precision=bf16"):
+    with pytest.raises(UserError, match="written on cuda in bf16; this run resolves to cpu in fp32 here") as err:
         run(cfg, tmp_path / "r")
+    # issue 20, item 7: the advice names what works. It used to say "set trainer.device=cuda
+    # trainer.precision=bf16", which makes another config, whose resume is refused as such:
+    assert "set trainer." not in str(err.value) and "a machine with a CUDA GPU and bfloat16 support" in str(err.value)
+    other = compose_cfg([f"data.root={countries_root}", "trainer.epochs=3", "trainer.checkpoint_every_s=0",
+                         "trainer.precision=bf16"])
+    with pytest.raises(ForeignDir, match="written by a different config"):
+        run(other, tmp_path / "r")
+    assert f"or delete {path} to start this run afresh" in str(err.value)  # the other way, and it works:
+    path.unlink()
+    assert run(cfg, tmp_path / "r")["status"] == "completed"
 
 
 def test_estimators_report_the_device_they_fit_on():
@@ -119,7 +129,7 @@ def test_estimators_report_the_device_they_fit_on():
     from expkit.trainers.estimator import device_for
 
     xgb = XGBClassifier()
-    assert device_for(xgb, torch.device("cuda:0")) == torch.device("cuda:0") and xgb.get_params()["device"] == "cuda"
+    assert device_for(xgb, torch.device("cuda:0")) == torch.device("cuda:0") and xgb.get_params()["device"] == "cuda:0"
     assert device_for(XGBClassifier(), torch.device("cpu")).type == "cpu"
     assert device_for(LogisticRegression(), torch.device("cuda:0")).type == "cpu"  # sklearn is CPU-only
 
@@ -225,3 +235,241 @@ def test_sweep_jobs_take_gpu_slots_and_a_fused_group_takes_one(tmp_path, monkeyp
     out = r.stdout + r.stderr
     assert r.returncode == 0 and out.count("placed on GPU") == 1 and "fused group of 4" in out, out[-3000:]
     assert {json.loads((tmp_path / "b" / str(j) / "summary.json").read_text())["gpu_slot"] for j in range(4)} == {"0"}
+
+
+# -- issue 20: the right GPU for every job (placement in run_group, probes, estimators, kernels) ----
+
+@pytest.fixture
+def box(monkeypatch, tmp_path):
+    """A simulated box of n GPUs for runner._place (EXPKIT_FAKE_GPUS), slots under tmp_path, this
+    process not yet pinned; CUDA itself stays unavailable (jobs then train on the CPU)."""
+    from expkit import device, placement
+
+    def make(n, gb=None):
+        monkeypatch.setenv(placement.FAKE_ENV, str(n))
+        if gb is not None:
+            monkeypatch.setenv(placement.FAKE_GB_ENV, str(gb))
+        return tmp_path / "slots"
+
+    for var in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", placement.FAKE_GB_ENV, "CUDA_DEVICE_ORDER"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(placement, "SLOT_DIR", tmp_path / "slots")
+    monkeypatch.setattr(placement, "_box_cache", {})
+    monkeypatch.setattr(placement, "_LIBS", {placement.LIBCUDA: None, placement.LIBNVML: None})
+    monkeypatch.setattr(placement, "_original_cvd", placement._UNSET)
+    monkeypatch.setattr(placement, "_warned", set())
+    monkeypatch.setattr(device, "_placed", None)
+    saved = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
+    yield make
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+CNN_TINY = ["experiment=hw6/synth_kernels", "data.n=100", "trainer.epochs=1", "trainer.jobs_per_gpu=1"]
+
+
+def test_a_cpu_job_never_starts_cuda(countries_root, tmp_path, monkeypatch):
+    """Issue 20, item 1: device=auto asked torch.cuda.is_available() before knowing that a small MLP
+    stays on the CPU. That call starts the driver, which then keeps the CUDA_VISIBLE_DEVICES it read:
+    the next GPU job of the same process could not be pinned any more."""
+    from expkit.runner import run
+
+    def started(*a, **k):
+        raise AssertionError("a CPU job started CUDA")
+
+    monkeypatch.setattr(torch.cuda, "is_available", started)
+    monkeypatch.setattr(torch.cuda, "device_count", started)
+    monkeypatch.setattr(torch._C, "_cuda_getDeviceCount", started, raising=False)
+    assert pick_device("auto", MLP(2, 4, [16] * 6))[0].type == "cpu"
+    for extra in ([], ["trainer.device=cpu"]):
+        s = run(compose_cfg([f"data.root={countries_root}", "trainer.epochs=1", *extra]), tmp_path / str(len(extra)))
+        assert s["status"] == "completed" and s["device"] == "cpu"
+
+
+def test_the_config_says_whether_a_job_wants_a_gpu_before_anything_is_built():
+    from expkit.device import GPU_MIN_PARAMS, wants_gpu, wants_gpu_conf
+
+    conf = lambda *o: compose_cfg(list(o)).model  # noqa: E731
+    assert wants_gpu_conf("auto", conf("model=cnn")) and wants_gpu_conf("auto", conf("model=resnet18"))
+    assert wants_gpu_conf("auto", conf("model=xgboost")) and wants_gpu_conf("auto", conf("model=sklearn_probe"))
+    assert wants_gpu_conf("auto", conf("model=sklearn")) is False
+    assert wants_gpu_conf("cpu", conf("model=cnn")) is False and wants_gpu_conf("cuda", conf("model=mlp")) is True
+    assert wants_gpu_conf("auto", conf("model=mlp")) is None  # its input layer depends on the data: decided later
+    big = conf("model=mlp", "model.width=400", "model.depth=2")  # its hidden layers alone pass the bar
+    assert wants_gpu_conf("auto", big) is True
+    # never a different answer from the built model's (the same rule, known earlier)
+    net = MLP(1, 1, [400, 400])
+    assert sum(p.numel() for p in net.parameters()) >= GPU_MIN_PARAMS and wants_gpu("auto", net)
+
+
+def _slot_held(slot_dir):
+    from expkit import placement
+
+    try:
+        placement.acquire(slot_dir, ["0"], 1, timeout_s=0).release()
+        return False
+    except TimeoutError:
+        return True
+
+
+def test_a_gpu_job_takes_its_slot_before_loading_data(box, tmp_path, monkeypatch):
+    """Issue 20, item 2: slots were taken after the data was decoded and the model built, so jobs
+    waiting for a GPU held their decoded data in host memory."""
+    from expkit import data as datasets
+    from expkit.runner import run_group
+
+    slot_dir = box(1)
+    real, seen = datasets.load, []
+    monkeypatch.setattr(datasets, "load", lambda *a, **k: seen.append(_slot_held(slot_dir)) or real(*a, **k))
+    s = run_group([compose_cfg(CNN_TINY)], [tmp_path / "cnn"], [[]], job_num=0)[0]
+    assert seen == [True] and s["gpu_slot"] == "0"
+    assert not _slot_held(slot_dir)  # and released after
+
+
+def test_an_auto_mlp_is_placed_once_its_size_is_known(box, tmp_path, countries_root, caplog):
+    from expkit.runner import run_group
+
+    box(1)
+    small = compose_cfg([f"data.root={countries_root}", "trainer.epochs=1"])
+    big = compose_cfg([f"data.root={countries_root}", "trainer.epochs=1", "model.hidden=[256,512]"])
+    with caplog.at_level("INFO", logger="expkit"):
+        assert "gpu_slot" not in run_group([small], [tmp_path / "s"], [[]], job_num=0)[0]
+        assert run_group([big], [tmp_path / "b"], [[]], job_num=1)[0]["gpu_slot"] == "0"  # 2 + 131k + 2k params
+    assert sum("placed on GPU 0" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_the_cuda_cache_is_freed_between_jobs(countries_root, tmp_path, monkeypatch):
+    """Issue 20, item 2: a reused worker kept the caching allocator's blocks from job to job."""
+    from expkit.runner import run
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)  # as in a worker after a GPU job
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(1))
+    run(compose_cfg([f"data.root={countries_root}", "trainer.epochs=1", "trainer.device=cpu"]), tmp_path / "r")
+    assert calls  # after the job (and before the next one's data)
+
+
+def test_the_memory_cap_per_gpu_applies(box, tmp_path, caplog):
+    """Issue 20, item 7: default_per_device's memory cap was never applied (memory passed as None)."""
+    from expkit.runner import run_group
+
+    box(1, gb=4)  # a 4 GB card: one 4 GB CNN job at a time, not the default 2
+    cfg = compose_cfg([c for c in CNN_TINY if "jobs_per_gpu" not in c])
+    with caplog.at_level("INFO", logger="expkit"):
+        run_group([cfg], [tmp_path / "r"], [[]], job_num=0)
+    assert any("at most 1 job(s) per GPU" in r.getMessage() for r in caplog.records)
+
+
+def test_slurm_gpus_are_the_schedulers(box, tmp_path, monkeypatch, caplog):
+    """Issue 19, item 5: under SLURM every job on a node saw GPU "0" and waited on the same lock file."""
+    from expkit.runner import run_group
+
+    slot_dir = box(4)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # what SLURM gives each job: its own GPU, as "0"
+    with caplog.at_level("INFO", logger="expkit"):
+        s = run_group([compose_cfg(CNN_TINY)], [tmp_path / "r"], [[]], job_num=3)[0]
+    assert s["status"] == "completed" and "gpu_slot" not in s
+    assert not slot_dir.exists() or not list(slot_dir.iterdir())
+    assert any("SLURM job 4242 was given GPU(s) 0 by its scheduler" in r.getMessage() for r in caplog.records)
+
+
+def test_no_flock_means_no_placement_and_one_warning(box, tmp_path, monkeypatch, caplog):
+    """Issue 20, item 4: a slot dir on a file system without flock made every GPU job fail."""
+    import errno
+
+    from expkit import placement
+    from expkit.runner import run_group
+
+    box(2)
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(placement.fcntl, "flock", no_flock)
+    with caplog.at_level("INFO", logger="expkit"):
+        s = run_group([compose_cfg(CNN_TINY)], [tmp_path / "r"], [[]], job_num=0)[0]
+    assert s["status"] == "completed" and "gpu_slot" not in s
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "file locks" in r.getMessage()]
+    assert len(warned) == 1 and "EXPKIT_GPU_SLOTS" in warned[0]
+
+
+def test_placement_blind_to_the_gpus_warns(box, tmp_path, monkeypatch, caplog):
+    """Issue 20, item 3: a driver but no NVML and no nvidia-smi: every job went to cuda:0 unlimited, silently."""
+    from expkit import placement
+    from expkit.runner import _place
+
+    box(0)
+    monkeypatch.delenv(placement.FAKE_ENV)
+    monkeypatch.setitem(placement._LIBS, placement.LIBCUDA, object())  # a driver is installed
+    monkeypatch.setattr(placement.shutil, "which", lambda name: None)
+    monkeypatch.setattr(placement, "driver_gpus", lambda: None)
+    with caplog.at_level("INFO", logger="expkit"):
+        assert _place(compose_cfg(CNN_TINY), None, 0) is None
+    assert any("cannot see this machine's GPUs" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+def test_xgboost_goes_to_the_gpu_under_auto_and_sklearn_says_cpu(gpus):
+    """Issue 20, item 6: estimators counted as 0 parameters, so device=auto kept XGBoost on the CPU."""
+    from sklearn.linear_model import LogisticRegression
+    from xgboost import XGBClassifier
+
+    gpus(1)
+    device, why = pick_device("auto", XGBClassifier())
+    assert device == torch.device("cuda:0") and "XGBoost" in why
+    device, why = pick_device("auto", LogisticRegression())
+    assert device.type == "cpu" and "fits on the CPU only" in why
+    gpus(0)
+    assert pick_device("auto", XGBClassifier())[0].type == "cpu"
+
+
+def test_probes_compute_features_in_fp32_unless_asked(gpus):
+    """Issue 20, item 5: a probe's precision came from its ResNet backbone (bf16 on a GPU), silently."""
+    from expkit.models.resnet18 import _classifier_class
+
+    gpus(1)
+    cuda = torch.device("cuda:0")
+    backbone = resnet().requires_grad_(False)  # what frozen_backbone hands the runner
+    precision, why = pick_precision("auto", cuda, backbone)
+    assert precision == "fp32" and "frozen" in why
+    assert pick_precision("bf16", cuda, backbone) == ("bf16", "asked")
+    head_only = _classifier_class()(resnet(), frozen=True)  # a linear probe without the feature cache
+    assert pick_precision("auto", cuda, head_only)[0] == "fp32"
+    assert pick_precision("auto", cuda, resnet())[0] == "bf16"  # a ResNet that trains: as before
+
+
+def test_sklearn_probe_records_where_its_features_were_computed(tmp_path, monkeypatch):
+    import torchvision
+
+    from expkit.runner import run
+    from test_deepfake import write_folder
+
+    monkeypatch.setenv("EXPKIT_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "w.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    cfg = compose_cfg(["data=deepfake", f"data.root={write_folder(tmp_path / 'faces', n=(4, 2, 2))}",
+                       "data.resize=20", "data.crop=16", "model=sklearn_probe", f"model.weights_path={weights}"])
+    s = run(cfg, tmp_path / "r")
+    assert (s["device"], s["precision"]) == ("cpu", "fp32")  # the estimator's own
+    f = s["features"]
+    assert (f["device"], f["precision"], f["backbone"]) == ("cpu", "fp32", "ResNet")
+
+
+def test_kernel_settings_fp32_is_fp32_and_recorded():
+    """Issue 20, item 5: cuDNN runs "fp32" convolutions in TF32 by default; nothing recorded it."""
+    from expkit.device import kernel_settings
+
+    torch.backends.cudnn.allow_tf32 = True  # torch's default
+    try:
+        k = set_determinism(False, torch.device("cuda"))
+        assert k == {"deterministic": False, "cudnn_benchmark": True, "cudnn_deterministic": False,
+                     "tf32_matmul": False, "tf32_cudnn": False}
+        assert not torch.backends.cudnn.allow_tf32
+        k = set_determinism(True, torch.device("cuda"))
+        assert k["deterministic"] and not k["cudnn_benchmark"] and k["cudnn_deterministic"]
+    finally:
+        set_determinism(False, torch.device("cpu"))
+    assert kernel_settings()["cudnn_benchmark"] is False

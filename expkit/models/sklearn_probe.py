@@ -19,4 +19,5 @@ def build(conf, splits):
 def frozen_backbone(conf, model):
     """The estimator fits on the frozen ImageNet ResNet18's cached features."""
     net, digest = resnet18.backbone(conf)
+    net.requires_grad_(False)  # frozen: precision=auto computes its features in fp32, not the ResNet's bf16
     return net, digest, model

@@ -1,7 +1,11 @@
 """Fit an sklearn-style estimator (sklearn, xgboost, or a feature pipeline) once: one 'epoch' row."""
+import logging
+
 import numpy as np
 
 from expkit.trainers import History
+
+log = logging.getLogger("expkit")
 
 
 def as_matrix(split):
@@ -16,12 +20,18 @@ def probabilities(model, x, n_classes):
 
 
 def device_for(model, device):
-    """The device an estimator fits on: XGBoost follows the run onto CUDA; sklearn is CPU-only."""
+    """The device an estimator fits on: XGBoost follows the run onto CUDA (its own GPU tree
+    method; trainer.device=auto sends it there when a GPU is present); sklearn is CPU-only and
+    says so when the run's device is a GPU (a probe's features may have been computed there)."""
     import torch
 
-    if device.type == "cuda" and type(model).__module__.startswith("xgboost"):
-        model.set_params(device="cuda")  # XGBoost's own GPU tree method
-        return device
+    from expkit.device import is_xgboost
+
+    if is_xgboost(model):
+        model.set_params(device=str(device) if device.type == "cuda" else "cpu")
+        return device if device.type == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        log.info("%s is an sklearn estimator: it fits on the CPU (summary.json device: cpu)", type(model).__name__)
     return torch.device("cpu")
 
 
@@ -35,6 +45,8 @@ def fit(model, splits, cfg) -> History:
         row[f"{part}_acc"] = float((p.argmax(1) == split.y).mean())
         probs[part] = p
     extras = {}
+    if splits.extras.get("features"):  # inputs made by a frozen backbone: where and in what precision
+        extras["features"] = dict(splits.extras["features"])
     if hasattr(model, "n_support_"):
         extras["n_support_vectors"] = int(np.sum(model.n_support_))
         extras["report_columns"] = {"n_support_vectors": extras["n_support_vectors"]}
