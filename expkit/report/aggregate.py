@@ -94,8 +94,12 @@ class _Job:
     def __init__(self, d: Path, summary):
         self.dir = d
         self.overrides = _overrides(d, summary)
-        self.config, self.valid = settled(_config(d, summary))
-        self.identity = identity(None, seed=False, settled_cfg=(self.config, self.valid))
+        stamp = tuple((f.name, st.st_mtime_ns, st.st_size) for f in (d / ".hydra" / "config.yaml", d / "summary.json",
+                                                                    d / "config.yaml") if (st := _stat(f)))
+        if _SETTLED.get(d) is None or _SETTLED[d][0] != stamp:  # a sweep re-reads its table after every job
+            config, valid = settled(_config(d, summary))
+            _SETTLED[d] = (stamp, config, valid, identity(None, seed=False, settled_cfg=(config, valid)))
+        _, self.config, self.valid, self.identity = _SETTLED[d]
         if not self.valid:  # a partial or unreadable config: the overrides it lacks still tell configs apart
             extra = {k: _parsed(v) for k, v in self.overrides.items() if _at(self.config, k) is _MISSING}
             self.identity += json.dumps(by_value(extra), sort_keys=True, default=str)
@@ -126,6 +130,14 @@ class _Job:
 
 
 _MISSING = object()
+_SETTLED = {}  # job dir -> (its config files' stamps, config, valid, identity): validated once per change
+
+
+def _stat(f: Path):
+    try:
+        return f.stat()
+    except OSError:
+        return None
 
 
 def _at(tree, key):
