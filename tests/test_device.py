@@ -473,3 +473,67 @@ def test_kernel_settings_fp32_is_fp32_and_recorded():
     finally:
         set_determinism(False, torch.device("cpu"))
     assert kernel_settings()["cudnn_benchmark"] is False
+
+
+PROBE_FIRST = r"""
+import json, logging, os, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+logging.basicConfig(level=logging.INFO)
+import torch
+from conftest import compose_cfg
+from test_placement import FakeCuda, FakeNvml
+from expkit import placement
+from expkit.runner import run_group
+
+cuda = placement._LIBS[placement.LIBCUDA] = FakeCuda(4)  # this process on a simulated 4-GPU box
+placement._LIBS[placement.LIBNVML] = FakeNvml(4)
+
+
+def runtime_count():  # torch's first CUDA query: the runtime starts the driver, which reads CUDA_VISIBLE_DEVICES
+    cuda.cuInit(0)
+    return 0  # (and finds no GPU it can run kernels on: jobs then train on this CPU)
+
+
+torch._C._cuda_getDeviceCount = runtime_count
+out = {{}}
+run_group([compose_cfg(["data.root={countries}", "trainer.epochs=1"])], [Path({tmp!r}) / "cpu"], [[]], job_num=0)
+out["inits_after_cpu_job"] = cuda.inits  # a CPU job first, as a reused worker may run
+{probe}
+held = placement.acquire(placement.SLOT_DIR, ["0"], 1)  # another job holds GPU 0
+cnn = compose_cfg(["experiment=hw6/synth_kernels", "data.n=100", "trainer.epochs=1", "trainer.jobs_per_gpu=1"])
+s = run_group([cnn], [Path({tmp!r}) / "gpu"], [[]], job_num=0)[0]
+from expkit import device
+out.update(gpu_slot=s.get("gpu_slot"), cvd=os.environ.get("CUDA_VISIBLE_DEVICES"), placed=device._placed)
+print("RESULT", json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("probe, slot, cvd, placed, where", [
+    # a library asked CUDA with CUDA_VISIBLE_DEVICES unset: every GPU is cuda:k; GPU 0 busy -> GPU 1 = cuda:1
+    ("torch.cuda.is_available()", "1", None, "cuda:1", "placed on GPU 1, cuda:1 in this process"),
+    # a worker whose earlier GPU job ran pinned to GPU 2: only GPU 2 (cuda:0) is reachable, whatever is free
+    ("placement.pin('2'); torch.cuda.is_available()", "2", "2", "cuda:0", "this job can only run on GPU(s) 2"),
+])
+def test_a_process_that_probed_cuda_first_trains_on_the_gpu_of_its_slot(tmp_path, countries_root, probe, slot,
+                                                                         cvd, placed, where):
+    """Issue 20, item 1, in a real process: the job's recorded GPU is the one CUDA gives it. Before,
+    a CPU job's device=auto query started CUDA, and pin() only asked torch.cuda.is_initialized(), so
+    the next GPU job set CUDA_VISIBLE_DEVICES too late: it trained on cuda:0 of the first visible
+    GPUs while recording (and holding the slot of) another GPU."""
+    import subprocess
+    import sys
+
+    tests = str(Path(__file__).parent)
+    code = PROBE_FIRST.format(tests=tests, countries=countries_root, tmp=str(tmp_path), probe=probe)
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "EXPKIT_FAKE_GPUS",
+                                                            "SLURM_JOB_ID", "CUDA_DEVICE_ORDER")}
+    env["EXPKIT_GPU_SLOTS"] = str(tmp_path / "slots")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                       cwd=Path(tests).parent)
+    line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
+    assert r.returncode == 0 and line, r.stderr[-3000:]
+    out = json.loads(line[0][7:])
+    assert out["inits_after_cpu_job"] == 0  # the CPU job never started CUDA
+    assert out["gpu_slot"] == slot and out["cvd"] == cvd and out["placed"] == placed
+    assert where in r.stderr + r.stdout, (r.stderr + r.stdout)[-3000:]
