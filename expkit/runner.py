@@ -110,6 +110,7 @@ def run_group(cfgs, run_dirs, overrides, job_num=None):
     given) that trains on a GPU first takes a slot on one of the box's GPUs (expkit/placement.py)."""
     from expkit.errors import require
 
+    started = time.perf_counter()  # each member's wall_time_s counts its share from here
     cfgs = [validate(c) for c in cfgs]
     require(len({group_key(c) for c in cfgs}) == 1, "a fused group's runs must differ only in " + ", ".join(FUSIBLE))
     summaries, todo = [None] * len(cfgs), []
@@ -149,7 +150,8 @@ def run_group(cfgs, run_dirs, overrides, job_num=None):
         probe = models.frozen_backbone(first.model, nets[0])
         if slot is not None and not hasattr(slot, "device_id"):  # placement.LATER: the built model's size decides
             slot = _place(first, nets[0] if probe is None else probe[0], job_num)
-        return _train_and_finish(cfgs, run_dirs, overrides, todo, summaries, splits, built, nets, probe, slot)
+        return _train_and_finish(cfgs, run_dirs, overrides, todo, summaries, splits, built, nets, probe, slot,
+                                 started)
     finally:
         if slot is not None:
             slot.release()
@@ -233,7 +235,7 @@ def _place(cfg, model, job_num):
     return slot
 
 
-def _train_and_finish(cfgs, run_dirs, overrides, todo, summaries, splits, built, nets, probe, slot):
+def _train_and_finish(cfgs, run_dirs, overrides, todo, summaries, splits, built, nets, probe, slot, started):
     import torch
 
     from expkit import loggers, models
@@ -257,7 +259,6 @@ def _train_and_finish(cfgs, run_dirs, overrides, todo, summaries, splits, built,
         # against 2.66 s/epoch with 2 threads for the 6x16 countries MLP on a busy 2-core machine
         torch.set_num_threads(1)
     lives = [loggers.Live(cfgs[i], run_dirs[i]) for i in todo]  # tensorboard/mlflow: fed epoch by epoch
-    t0 = time.time()
     if kind == "torch":
         from expkit.trainers import torch as trainer
 
@@ -265,37 +266,54 @@ def _train_and_finish(cfgs, run_dirs, overrides, todo, summaries, splits, built,
 
         members = [trainer.Member(cfgs[i], net, run_dirs[i], callbacks=[live.epoch] + [
             cb for cb in [pruning_callback(run_dirs[i])] if cb]) for i, net, live in zip(todo, nets, lives)]
-        histories = trainer.fit(members, splits, device, precision)
+        histories = trainer.fit(members, splits, device, precision, started)
     else:
         from expkit.trainers import estimator as trainer
 
         require(len(todo) == 1, f"model={first.model.name} is fitted once per run; it cannot be fused")
         device, precision = trainer.device_for(nets[0], device), "fp32"  # what really fits it (sklearn: CPU)
+        t_fit = time.perf_counter()
         histories = [trainer.fit(nets[0], splits, first)]
+        histories[0].train_s = time.perf_counter() - t_fit
+        histories[0].wall_s = time.perf_counter() - started
         for row in histories[0].rows:
             lives[0].epoch(row)
-    wall = time.time() - t0
+    group_wall = time.perf_counter() - started
     for i, (_, model), hist, live in zip(todo, built, histories, lives):
-        if len(todo) > 1:  # trained in one group: wall time and time_s are the group's
-            hist.extras["fused_with"] = [run_dirs[j].name for j in todo]
+        if len(todo) > 1:  # trained in one group: its times are this member's share, the group's beside them
+            hist.extras.update(fused_with=[run_dirs[j].name for j in todo], group_size=len(todo),
+                               group_wall_time_s=group_wall)
         hist.extras["precision"] = precision
         if slot is not None:  # the box's GPU (its CUDA_VISIBLE_DEVICES id) this job was placed on
             hist.extras["gpu_slot"] = slot.device_id
-        summaries[i] = finish(cfgs[i], run_dirs[i], hist, model, splits, wall, device, overrides[i], live)
+        try:
+            summaries[i] = finish(cfgs[i], run_dirs[i], hist, model, splits, device, overrides[i], live)
+        except Exception as ex:  # this member's files failed: it alone is failed, the others keep their results
+            if len(todo) == 1:
+                raise
+            msg = str(ex) if isinstance(ex, UserError) else f"{type(ex).__name__}: {ex}"
+            log.error("writing the files of %s failed: %s", run_dirs[i], msg)
+            summaries[i] = {"status": "failed", "error": msg, "overrides": overrides[i], "wall_time_s": hist.wall_s}
+            _write_json(run_dirs[i] / SUMMARY, summaries[i])
+            continue
         log.info("%s: test acc %.4f, val acc %.4f, %.1fs on %s -> %s", summaries[i]["status"],
-                 summaries[i]["final"]["test_acc"], summaries[i]["final"]["val_acc"], wall, device, run_dirs[i])
+                 summaries[i]["final"]["test_acc"], summaries[i]["final"]["val_acc"], summaries[i]["wall_time_s"],
+                 device, run_dirs[i])
     return summaries
 
 
-def finish(cfg, run_dir, history, model, splits, wall, device, overrides, live=None):
-    """Write a trained run's files, summary.json last; the one path for plain and fused runs."""
+def finish(cfg, run_dir, history, model, splits, device, overrides, live=None):
+    """Write a trained run's files, summary.json last; the one path for plain and fused runs. The time
+    spent writing them is the member's own: wall_time_s includes it."""
     import torch
 
     from expkit.report import outputs
 
-    summary = outputs.summarize(cfg, history, model, splits, wall, device, overrides)
+    t0 = time.perf_counter()
+    summary = outputs.summarize(cfg, history, model, splits, device, overrides)
     summary["threads"] = torch.get_num_threads()
     outputs.save(run_dir, cfg, history, model, splits, summary)
+    summary["wall_time_s"] += time.perf_counter() - t0
     _write_json(run_dir / SUMMARY, summary)  # last: marks the run finished
     (run_dir / "checkpoint.pt").unlink(missing_ok=True)
     if live is not None:

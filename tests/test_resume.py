@@ -164,6 +164,6 @@ def test_checkpoints_are_written_by_elapsed_time(tmp_path, monkeypatch, every, s
     data = write_countries(tmp_path / "d", n=200)
     calls = []
     real = trainer._save_checkpoint
-    monkeypatch.setattr(trainer, "_save_checkpoint", lambda m, epoch: calls.append(epoch) or real(m, epoch))
+    monkeypatch.setattr(trainer, "_save_checkpoint", lambda m, epoch, *a: calls.append(epoch) or real(m, epoch, *a))
     run(compose_cfg([f"data.root={data}", "trainer.epochs=4", f"trainer.checkpoint_every_s={every}"]), tmp_path / "r")
     assert len(calls) == saves and calls == sorted(calls)

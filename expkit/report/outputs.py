@@ -10,7 +10,7 @@ from expkit.version import __version__
 from expkit.cache import atomic_write
 
 
-def summarize(cfg, hist, model, splits, wall, device, overrides):
+def summarize(cfg, hist, model, splits, device, overrides):
     import torch
 
     rows = hist.rows
@@ -24,8 +24,9 @@ def summarize(cfg, hist, model, splits, wall, device, overrides):
                  "test_acc": best["test_acc"], "train_acc": best["train_acc"]},
         "epochs_run": len(rows),
         "iterations_per_epoch": hist.iterations_per_epoch,
-        "wall_time_s": wall,
-        "time_per_epoch_s": wall / max(1, len(rows)),
+        # every process that trained this run, summed; a fused member's are its share of its group's
+        "wall_time_s": hist.wall_s,  # set-up to files written (finish adds the writing)
+        "time_per_epoch_s": hist.train_s / max(1, len(rows)),  # epochs only: no set-up, final eval, files
         "diverged": hist.diverged,
         "stopped_early": hist.stopped_early,
         "n_params": n_params,

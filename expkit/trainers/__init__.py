@@ -15,3 +15,5 @@ class History:
     stopped_by: Optional[str] = None           # a callback's reason, e.g. "pruned" (an Optuna pruner)
     test_probs: Optional[np.ndarray] = None    # (n_test, n_classes) -> predictions.csv
     extras: dict = field(default_factory=dict)  # model-specific facts for summary.json
+    train_s: float = 0.0                       # seconds training (epochs only), every process that trained it
+    wall_s: float = 0.0                        # seconds in all (set-up to files written), every process

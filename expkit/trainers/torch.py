@@ -28,6 +28,7 @@ from expkit.trainers import History
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
+OPT_SLOTS = {"adam": ("exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer",)}  # torch.optim's state names
 PREGATHER_BYTES = 64 * 2 ** 20  # an epoch's batches gathered at once up to this size (Loop.batches)
 
 
@@ -43,7 +44,7 @@ class Member:
     bad_epochs: int = 0
     start: int = 0          # first epoch to train (after a resume)
     done: bool = False
-    opt_state: dict = None  # this member's optimizer rows and step count, between stacks
+    opt_state: dict = None  # this member's optimizer state and step count, in its own shapes, between stacks
     shuffle: object = None  # torch.Generator: the batch order (saved and restored on resume)
     draws: object = None    # torch.Generator on the device: augmentation draws
     fingerprint: str = ""   # the config that may resume from this member's checkpoint
@@ -85,7 +86,7 @@ class Stack:
     each element with its own member's lr/wd/momentum."""
 
     def __init__(self, members, device, channels_last=False):
-        self.members = members
+        self.members, self.device = members, device
         self.k = len(members)
         for m in members:
             m.model.to(device)
@@ -101,11 +102,10 @@ class Stack:
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         sizes = [p.numel() for p in self.params]
         # 4-D conv weights in channels_last (cuDNN's fast layout on CUDA) are stored [O, H, W, I] in the flat
-        nhwc = [self.channels_last and p.dim() == 4 for p in self.params]
-        self.flat = torch.cat([(p.detach().permute(0, 2, 3, 1) if c else p.detach()).reshape(-1)
-                               for p, c in zip(self.params, nhwc)]) if self.params else torch.zeros(0, device=device)
+        self.nhwc = [self.channels_last and p.dim() == 4 for p in self.params]
+        self.flat = self._flatten([p.detach() for p in self.params])
         self.grad = torch.zeros_like(self.flat)
-        for p, c, value, grad in zip(self.params, nhwc, self.flat.split(sizes), self.grad.split(sizes)):
+        for p, c, value, grad in zip(self.params, self.nhwc, self.flat.split(sizes), self.grad.split(sizes)):
             p.data, p.grad = _view(value, p.shape, c), _view(grad, p.shape, c)  # backward accumulates into the flat
         self.chunks = [(off, n // self.k) for off, n in zip(np.cumsum([0] + sizes[:-1]).tolist(), sizes)]
 
@@ -118,13 +118,18 @@ class Stack:
         self.lr, self.wd, self.mom = (per_element([getattr(c, a) for c in o]) for a in ("lr", "weight_decay",
                                                                                        "momentum"))
         self.any_wd, self.any_mom = any(c.weight_decay for c in o), any(c.momentum for c in o)
-        n_state = 2 if self.opt_name == "adam" else 1
-        self.state = [torch.zeros_like(self.flat) for _ in range(n_state)]
-        self.t = members[0].opt_state["t"] if members[0].opt_state else 0
-        for j, m in enumerate(members):  # restore each member's rows (after a resume or a re-stack)
-            if m.opt_state:
-                for st, rows in zip(self.state, m.opt_state["rows"]):
-                    self._set_rows(st, j, rows.to(st.device))
+        # The optimizer state (Adam's moments, SGD's momentum buffer) travels between stacks and checkpoints
+        # per member, in the member's own parameter names and shapes (as its weights do): the flat layout
+        # depends on K (a stacked Linear holds [in, out], a plain one [out, in]; CNN stacks run channels_last).
+        slots = OPT_SLOTS[self.opt_name]
+        steps = {m.opt_state["t"] if m.opt_state else 0 for m in members}
+        require(len(steps) == 1, "internal: members of one stack must have taken the same number of steps")
+        self.t = steps.pop()
+        if any(m.opt_state for m in members):
+            self.state = [self._flatten(self._stacked([m.opt_state[s] if m.opt_state else None for m in members]))
+                          for s in slots]
+        else:
+            self.state = [torch.zeros_like(self.flat) for _ in slots]
         # Adam on the CPU or CUDA: torch's fused Adam kernel (the one behind Adam(fused=True): one pass over the flat
         # tensors, where the elementwise ops below make ~10), one call per distinct (lr, weight decay) on that
         # group's slices (merged where its members are adjacent: a seed sweep is one call on the whole flat).
@@ -148,17 +153,55 @@ class Stack:
                     views = ([t[a:b] for a, b in spans] for t in (self.flat, self.grad, *self.state))
                     self.fused.append((lr, wd, *views))
 
-    def _rows(self, flat, j):
-        return torch.cat([flat[off + j * n: off + (j + 1) * n] for off, n in self.chunks]) if self.chunks else flat
+    def _flatten(self, tensors):
+        """Parameter-shaped tensors of this stack (self.params' shapes) -> one flat tensor in its layout."""
+        if not tensors:
+            return torch.zeros(0, device=self.device)
+        return torch.cat([(t.permute(0, 2, 3, 1) if c else t).reshape(-1) for t, c in zip(tensors, self.nhwc)])
 
-    def _set_rows(self, flat, j, rows):
-        at = 0
-        for off, n in self.chunks:
-            flat[off + j * n: off + (j + 1) * n] = rows[at:at + n]
-            at += n
+    def _stacked(self, per_member):
+        """Per member {name: tensor} in its own parameter shapes (None: zeros) -> the stack's parameter-shaped
+        tensors: stack() applied to the members' models with these tensors in place of their parameters."""
+        named = [[(n, p) for n, p in m.model.named_parameters() if p.requires_grad] for m in self.members]
+        values = [[(state[n].to(p.device) if state is not None else torch.zeros_like(p)) for n, p in params]
+                  for params, state in zip(named, per_member)]
+        if self.k == 1:
+            return [v.detach() for v in values[0]]
+        saved = [[p.data for _, p in params] for params in named]
+        try:
+            for params, vals in zip(named, values):
+                for (_, p), v in zip(params, vals):
+                    p.data = v
+            return [p.detach() for p in stack([m.model for m in self.members]).parameters() if p.requires_grad]
+        finally:
+            for params, datas in zip(named, saved):
+                for (_, p), d in zip(params, datas):
+                    p.data = d
+
+    def _member(self, flat, j):
+        """Member j's part of a flat tensor in its own parameter names and shapes (the inverse of _stacked)."""
+        m = self.members[j]
+        names = [n for n, p in m.model.named_parameters() if p.requires_grad]
+        sizes = [p.numel() for p in self.params]
+        views = [_view(v, p.shape, c) for p, c, v in zip(self.params, self.nhwc, flat.split(sizes))]
+        if self.k == 1:
+            return {n: v.detach().clone() for n, v in zip(names, views)}
+        saved = [p.data for p in self.params]
+        try:
+            for p, v in zip(self.params, views):
+                p.data = v
+            state = unstack(self.net, j, m.model)
+        finally:
+            for p, d in zip(self.params, saved):
+                p.data = d
+        return {n: state[n] for n in names}
 
     def member_opt_state(self, j):
-        return {"t": self.t, "rows": [self._rows(st, j).cpu() for st in self.state]}
+        """Member j's optimizer state: its step count and each state slot as {parameter name: tensor} (CPU)."""
+        out = {"t": self.t}
+        for slot, flat in zip(OPT_SLOTS[self.opt_name], self.state):
+            out[slot] = {n: v.cpu() for n, v in self._member(flat, j).items()}
+        return out
 
     def zero_grad(self):
         self.grad.zero_()
@@ -256,10 +299,14 @@ def keep_on_device(splits, device, share):
     return share > 0 and need <= share * free
 
 
-def fit(members, splits, device, precision="fp32"):
+def fit(members, splits, device, precision="fp32", started=None):
     """Train the members (same architecture and trainer settings; they may differ in seed, lr,
     weight decay and momentum) on `device` in `precision` (expkit/device.py); returns their
-    Histories, each with test probabilities."""
+    Histories, each with test probabilities and the member's time: `train_s` (its epochs) and
+    `wall_s` (everything since `started`, a time.perf_counter() value, and before this process if
+    it resumed). A fused member's time is its share: each second of the group's is divided among
+    the members active in it."""
+    started = time.perf_counter() if started is None else started
     t_cfg = members[0].cfg.trainer
     n = len(splits.train)
     batchnorm = has_batchnorm(members[0].model)
@@ -274,7 +321,9 @@ def fit(members, splits, device, precision="fp32"):
         m.draws = torch.Generator(device=device).manual_seed(m.cfg.seed)
         m.fingerprint = _fingerprint(m.cfg, device, precision)
         if t_cfg.checkpoint and (m.run_dir / CHECKPOINT).exists():
-            _resume(m)
+            _resume(m, loop)
+    loop.mark = started
+    loop.charge(members)  # the set-up (data, models, resume): shared by the group
     for start in sorted({m.start for m in members}):  # members resumed at different epochs train apart
         loop.train([m for m in members if m.start == start], start)
     for m in members:  # each member's own model, alone, on the test set: its predictions
@@ -283,6 +332,8 @@ def fit(members, splits, device, precision="fp32"):
         *_, probs = loop.evaluate(loop.stack([m]), "test", want_probs=True)
         m.hist.test_probs = probs[:, 0]
         m.model.to("cpu")
+        loop.charge([m])  # its own final evaluation
+        m.hist.train_s = sum(r["time_s"] for r in m.hist.rows)  # epochs only, earlier processes' included
     return [m.hist for m in members]
 
 
@@ -309,6 +360,14 @@ class Loop:
         self.prepare, self.augment = splits.prepare, splits.augment
         self.channels_last = device.type == "cuda" and torch.as_tensor(splits.train.x).dim() == 4
         self.compiled = None
+        self.mark = time.perf_counter()  # time up to here is charged (charge)
+
+    def charge(self, members):
+        """The time since the last charge, divided among `members` (each member's wall_s is its share)."""
+        now = time.perf_counter()
+        for m in members:
+            m.hist.wall_s += (now - self.mark) / len(members)
+        self.mark = now
 
     def stack(self, members):
         run = Stack(members, self.device, self.channels_last)
@@ -402,7 +461,7 @@ class Loop:
                 for g, layer in enumerate(t.grad_layers):  # means over the epoch's steps
                     row[f"grad_sq_layer{layer}"] = grad_sq[g, 0, j].item() / self.steps_per_epoch
                     row[f"grad_sq_bias_layer{layer}"] = grad_sq[g, 1, j].item() / self.steps_per_epoch
-                row["time_s"] = dt  # fused: the group's epoch, all members trained in this time
+                row["time_s"] = dt / k  # this member's share of the epoch (fused: k members trained in dt)
                 m.hist.rows.append(row)
                 stop = [reason for reason in (callback(row) for callback in m.callbacks) if reason]
                 if t.record_steps:
@@ -412,12 +471,14 @@ class Loop:
                     m.hist.stopped_by, m.done = stop[0], True
                     log.info("%sstopped after epoch %d: %s", f"member {j} " if k > 1 else "", epoch + 1, stop[0])
             bar.done(active, epoch, dt)
+            self.charge(active)  # the epoch, and what came before it since the last charge
             # checkpoint by elapsed time: its cost is paid every checkpoint_every_s, not every epoch
             if t.checkpoint and epoch + 1 < t.epochs and time.monotonic() - last_save >= t.checkpoint_every_s:
                 run.write_back()
+                self.charge(active)  # the saved wall time includes writing
                 for m in active:
                     if not m.done:
-                        _save_checkpoint(m, epoch + 1)
+                        _save_checkpoint(m, epoch + 1, self.scaler)
                 last_save = time.monotonic()
         if run is not None:
             run.write_back()
@@ -484,8 +545,9 @@ def _fingerprint(cfg, device, precision):
                        "precision": precision}, sort_keys=True, default=str)
 
 
-def _save_checkpoint(m, epoch):
+def _save_checkpoint(m, epoch, scaler=None):
     state = {
+        "wall_s": m.hist.wall_s, "scaler": [scaler.value, scaler.good] if scaler else None,
         "epoch": epoch, "config": m.fingerprint, "optim": m.opt_state,
         "model": {k: v.detach().cpu() for k, v in m.model.state_dict().items()},  # loads on any machine
         "rng_shuffle": m.shuffle.get_state(), "rng_draws": m.draws.get_state().cpu(),
@@ -495,7 +557,7 @@ def _save_checkpoint(m, epoch):
     atomic_write(m.run_dir / CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
 
-def _resume(m):
+def _resume(m, loop):
     import json
     import pickle
     import warnings
@@ -514,6 +576,9 @@ def _resume(m):
         check_resume({k: saved.get(k) for k in ("device", "precision")},
                      {k: now[k] for k in ("device", "precision")}, path)
         m.model.load_state_dict(state["model"])
+        if state["optim"] and "rows" in state["optim"]:
+            raise UserError(f"{path} was written by an older expkit (optimizer state in another layout); delete "
+                            "it to start this run afresh")
         m.opt_state = state["optim"]
         m.shuffle.set_state(state["rng_shuffle"])
         m.draws.set_state(state["rng_draws"].to(m.draws.get_state().device))
@@ -527,6 +592,9 @@ def _resume(m):
     m.hist.rows.extend(state["rows"])
     m.steps.extend(s.numpy() for s in state["steps"])
     m.best_val, m.bad_epochs, m.start = state["best_val"], state["bad_epochs"], state["epoch"]
+    m.hist.wall_s += state.get("wall_s", 0.0)  # the earlier processes' share
+    if loop.scaler and state.get("scaler"):  # fp16-mixed: the loss scale and its clean-step count go on
+        loop.scaler.value, loop.scaler.good = state["scaler"]
     log.info("resumed from %s after epoch %d", path, state["epoch"])
 
 

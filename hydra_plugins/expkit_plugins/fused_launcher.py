@@ -102,7 +102,7 @@ class FusedLauncher(Launcher):
 def run_members(group, dirs):
     """expkit.runner.run_group on the group; any failure is recorded in every member's summary."""
     from expkit.errors import ForeignDir, Skipped, UserError
-    from expkit.runner import SUMMARY, _write_json, run_group
+    from expkit.runner import SUMMARY, _finished, _write_json, run_group
 
     handlers = _member_logs(group, dirs)
     t0 = time.time()
@@ -118,6 +118,8 @@ def run_members(group, dirs):
         log.error("job(s) %s %s: %s", [j.num for j in group], status, msg, exc_info=not user)
         if not isinstance(ex, ForeignDir):  # never write into a dir that holds another config
             for j in group:
+                if _finished(dirs[j.num], j.cfg):  # a member that had finished keeps its results
+                    continue
                 _write_json(dirs[j.num] / SUMMARY, {"status": status, "error": msg, "overrides": j.overrides,
                                                      "wall_time_s": time.time() - t0})
         return {j.num: status for j in group}
