@@ -1,0 +1,252 @@
+"""Sweeps on a real one-node SLURM cluster (scripts/slurm_local.sh): hydra/launcher=slurm
+submits through sbatch, jobs record their SLURM job in summary.json, a failed job is a failed row,
+scancel + the same command again resumes, a requeued job restarts and resumes.
+
+Needs root and Debian's slurm-wlm and munge (.ci/run installs them); skipped otherwise, with the
+reason. The cluster is started once per session and stopped at the end if this session started
+it; a cluster already running from the script is used as it is."""
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, run_cli
+from expkit import scheduler
+
+SCRIPT = ROOT / "scripts" / "slurm_local.sh"
+KILL_WAIT = 5  # the test cluster's SIGTERM-to-SIGKILL grace (SLURM's default is 30 s): scancel takes effect fast
+LAUNCH = ["hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.gpus_per_node=0",
+          "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
+NODE = socket.gethostname().split(".")[0]
+
+
+def _why_no_cluster():
+    if os.geteuid() != 0:
+        return "a local SLURM cluster needs root (scripts/slurm_local.sh start)"
+    missing = [c for c in ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol") if not shutil.which(c)]
+    if missing:
+        return f"{', '.join(missing)} not found: apt-get install slurm-wlm munge"
+    try:
+        import hydra_plugins.hydra_submitit_launcher  # noqa: F401
+    except ImportError:
+        return "pip install -e '.[launchers]' (hydra-submitit-launcher)"
+    return None
+
+
+def _script(*args, env=None, timeout=120):
+    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **(env or {})))
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """{SLURM_CONF: ...} of a running one-node cluster (partition debug, this host)."""
+    why = _why_no_cluster()
+    if why:
+        pytest.skip(why)
+    was_running = _script("status").returncode == 0
+    r = _script("start", env={"EXPKIT_SLURM_KILL_WAIT": str(KILL_WAIT)})
+    if r.returncode == 2:  # this machine has a SLURM of its own: never touched
+        pytest.skip((r.stderr.strip().splitlines() or ["refused"])[-1])
+    assert r.returncode == 0, r.stdout + r.stderr
+    conf = re.search(r"SLURM_CONF=(\S+)", r.stdout).group(1)
+    try:
+        yield {"SLURM_CONF": conf}
+    finally:
+        if not was_running:
+            r = _script("stop")
+            assert r.returncode == 0 and "stopped" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.fixture
+def cluster(slurm_cluster, monkeypatch):
+    """The cluster's SLURM_CONF in this test's environment: sbatch and squeue, called by submitit
+    from `python train.py`, and the jobs (sbatch exports the environment) find the cluster by it."""
+    for k, v in slurm_cluster.items():
+        monkeypatch.setenv(k, v)
+    return slurm_cluster
+
+
+def _slurm(*args):
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=30, check=True).stdout
+
+
+def _config(key):
+    """An integer setting of the running cluster (scontrol show config), e.g. KillWait."""
+    m = re.search(rf"^{key}\s*=\s*(\d+)", _slurm("scontrol", "show", "config"), re.M)
+    return int(m.group(1))
+
+
+def _summaries(out):
+    return {d.name: json.loads((d / "summary.json").read_text()) for d in out.iterdir()
+            if (d / "summary.json").exists()}
+
+
+def _quiet(log):
+    """One line says the cluster has no accounting; no line per poll."""
+    assert log.count("job states come from squeue") == 1, log[-3000:]
+    assert "Bypassing sacct error" not in log and "accounting storage is disabled\n" not in log, log[-3000:]
+
+
+def _popen(*args):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0")
+    return subprocess.Popen([sys.executable, "train.py", *map(str, args)], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _wait_for(pred, timeout, what, proc):
+    """Until pred() holds; fails at once if `proc` (the sweep) ended before that."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the sweep ended (exit {proc.returncode}) before {what}:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}:\n{_slurm('squeue')}")
+
+
+@pytest.mark.slow
+def test_the_issue_sweep_runs_on_slurm_and_each_row_names_its_job(cluster, countries_root, tmp_path):
+    out = tmp_path / "sweep"
+    r = run_cli("-m", "optim.lr=0.01,0.001", "seed=1,2", "trainer.epochs=2", *LAUNCH, f"data.root={countries_root}",
+                f"hydra.sweep.dir={out}", timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    _quiet(r.stdout + r.stderr)
+    table = pd.read_csv(out / "results.csv")
+    assert len(table) == 4 and set(table.status) == {"completed"}
+    sums = _summaries(out)
+    scheds = {job: s["scheduler"] for job, s in sums.items()}
+    assert sorted(scheds) == ["0", "1", "2", "3"]
+    assert {s["name"] for s in scheds.values()} == {"slurm"}
+    assert len({s["array_job_id"] for s in scheds.values()}) == 1  # one array, a task per job
+    assert sorted(s["array_task_id"] for s in scheds.values()) == ["0", "1", "2", "3"]
+    assert len({s["job_id"] for s in scheds.values()}) == 4 and {s["node"] for s in scheds.values()} == {NODE}
+    assert {s["restarts"] for s in scheds.values()} == {0}
+    for job, s in scheds.items():  # the row's job, traced to SLURM's record and to its log
+        task = f"{s['array_job_id']}_{s['array_task_id']}"
+        record = _slurm("scontrol", "show", "job", task)
+        assert f"JobId={s['job_id']} " in record and "JobState=COMPLETED" in record, record
+        assert f"StdOut={s['stdout']}" in record and f"StdErr={s['stderr']}" in record, record
+        assert s["stdout"].startswith(str(out / ".submitit" / task) + "/")
+        logs = open(s["stdout"]).read() + open(s["stderr"]).read()
+        assert str(out / job) in logs  # the job's own log lines, naming its run dir
+
+
+@pytest.mark.slow
+def test_a_failed_job_is_a_failed_row_and_the_sweep_exits_1(cluster, countries_root, tmp_path):
+    out = tmp_path / "sweep"
+    r = run_cli("-m", "optim.lr=0.01,-1", "trainer.epochs=1", *LAUNCH, f"data.root={countries_root}",
+                f"hydra.sweep.dir={out}", timeout=300)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    table = pd.read_csv(out / "results.csv").set_index("optim.lr")
+    assert table.loc[0.01, "status"] == "completed" and table.loc[-1.0, "status"] == "failed"
+    assert "optim.lr must be > 0" in table.loc[-1.0, "error"]
+    assert "2 job(s), 1 failed" in r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_scancel_half_a_sweep_then_the_same_command_resumes_the_cancelled_jobs(cluster, countries_root, tmp_path):
+    """Two short jobs finish; the two long ones are cancelled mid-training (after a checkpoint):
+    the sweep ends with them as failed rows and exit 1 instead of waiting forever; the same
+    command again skips the finished jobs and resumes the cancelled ones from their checkpoints."""
+    if _config("KillWait") > KILL_WAIT:  # a cluster started by hand: its jobs may finish within the grace
+        pytest.skip(f"this cluster's KillWait is {_config('KillWait')} s: a cancelled job may finish in that "
+                    f"grace; restart it with EXPKIT_SLURM_KILL_WAIT={KILL_WAIT} scripts/slurm_local.sh start")
+    out = tmp_path / "sweep"
+    args = ["-m", "trainer.epochs=2,300", "seed=1,2", "trainer.checkpoint_every_s=0", *LAUNCH,
+            f"data.root={countries_root}", f"hydra.sweep.dir={out}"]
+    first = _popen(*args)
+    try:
+        # jobs 0, 1 (2 epochs) run first; 2 and 3 (300 epochs) once a CPU is free
+        _wait_for(lambda: (out / "0" / "summary.json").exists() and
+                  all((out / j / "checkpoint.pt").exists() for j in ("2", "3")), 150,
+                  "the short jobs' results and the long jobs' first checkpoints", first)
+        s = json.loads((out / "0" / "summary.json").read_text())["scheduler"]
+        array = s["array_job_id"]
+        _slurm("scancel", f"{array}_2", f"{array}_3")
+        log, _ = first.communicate(timeout=150)
+    finally:
+        first.kill()
+    assert first.returncode == 1, log[-3000:]
+    _quiet(log)
+    sums = _summaries(out)
+    assert [sums[j]["status"] for j in "0123"] == ["completed", "completed", "failed", "failed"], log[-3000:]
+    for j in "23":  # the row names the SLURM array that lost it (the first lost task of the batch)
+        assert f"Job {array}_" in sums[j]["error"] and (out / j / "checkpoint.pt").exists()
+
+    again = run_cli(*args, timeout=300)
+    log = again.stdout + again.stderr
+    assert again.returncode == 0, log[-3000:]
+    assert log.count("this exact config already finished") == 2
+    sums2 = _summaries(out)
+    assert [sums2[j]["status"] for j in "0123"] == ["completed"] * 4
+    assert sums2["0"] == sums["0"] and sums2["1"] == sums["1"]  # skipped: untouched
+    for j in "23":
+        jl = (out / j / "expkit.log").read_text()
+        k = int(re.search(r"resumed from \S+checkpoint\.pt after epoch (\d+)", jl).group(1))
+        assert 1 <= k < 300  # it went on from where the cancelled run stopped
+        assert list(pd.read_csv(out / j / "metrics.csv").epoch) == list(range(1, 301))
+        assert sums2[j]["scheduler"]["array_job_id"] != array  # run by the second submission
+
+
+@pytest.mark.slow
+def test_a_requeued_job_restarts_within_seconds_and_resumes(cluster, countries_root, tmp_path):
+    """`scontrol requeue` (what preemption does): the job is killed after the grace period, runs
+    again after the cluster's cred_expire (10 s here, 120 s by default), resumes from its
+    checkpoint and records restarts=1."""
+    out = tmp_path / "sweep"
+    p = _popen("-m", "trainer.epochs=300", "trainer.checkpoint_every_s=0", *LAUNCH, f"data.root={countries_root}",
+               f"hydra.sweep.dir={out}")
+    try:
+        _wait_for(lambda: (out / "0" / "checkpoint.pt").exists(), 90, "the job's first checkpoint", p)
+        job = _slurm("squeue", "-h", "-o", "%i").split()[0]
+        _slurm("scontrol", "requeue", job)
+        t0 = time.monotonic()
+        _wait_for(lambda: "Restarts=1" in _slurm("scontrol", "show", "job", job)
+                  and "JobState=RUNNING" in _slurm("scontrol", "show", "job", job), 90, "the requeued job to run", p)
+        restarted_after = time.monotonic() - t0
+        log, _ = p.communicate(timeout=150)
+    finally:
+        p.kill()
+    assert p.returncode == 0, log[-3000:]
+    # killed after KillWait, eligible cred_expire + 1 s later, started by the next scheduling pass
+    # (sched_interval=1 here); SLURM's defaults make that 30 + 121 + up to 60 s
+    cred = re.search(r"cred_expire=(\d+)", _slurm("scontrol", "show", "config"))
+    assert restarted_after < _config("KillWait") + (int(cred.group(1)) if cred else 120) + 1 + 15, restarted_after
+    s = json.loads((out / "0" / "summary.json").read_text())
+    assert s["status"] == "completed" and s["scheduler"]["restarts"] == 1 and s["scheduler"]["job_id"] == job
+    assert re.search(r"resumed from \S+checkpoint\.pt after epoch \d+", (out / "0" / "expkit.log").read_text())
+    assert list(pd.read_csv(out / "0" / "metrics.csv").epoch) == list(range(1, 301))
+
+
+def test_the_script_refuses_another_clusters_configuration(tmp_path):
+    """SLURM_CONF naming another cluster's file: one line, exit 2, nothing started or written."""
+    other = tmp_path / "slurm.conf"
+    other.write_text("ClusterName=theirs\n")
+    d = tmp_path / "state"
+    r = _script("start", env={"SLURM_CONF": str(other), "EXPKIT_SLURM_DIR": str(d)})
+    if os.geteuid() != 0 or not shutil.which("slurmctld"):
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        return
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stdout + r.stderr
+    assert "nothing was changed" in r.stderr and not d.exists()
+
+
+def test_scheduler_info_comes_from_slurms_environment(tmp_path):
+    assert scheduler.info({}) is None  # no scheduler: summary.json says null
+    env = {"SLURM_JOB_ID": "107", "SLURM_ARRAY_JOB_ID": "104", "SLURM_ARRAY_TASK_ID": "3", "SLURMD_NODENAME": "n7",
+           "SLURM_RESTART_COUNT": "2", "SUBMITIT_EXECUTOR": "slurm", "SUBMITIT_FOLDER": str(tmp_path / "%j")}
+    info = scheduler.info(env)
+    assert {k: info[k] for k in ("name", "job_id", "array_job_id", "array_task_id", "node", "restarts")} == {
+        "name": "slurm", "job_id": "107", "array_job_id": "104", "array_task_id": "3", "node": "n7", "restarts": 2}
+    if "stdout" in info:  # submitit installed: the log files it gives this array task
+        assert info["stdout"] == str(tmp_path / "104_3" / "104_3_0_log.out")
+        assert info["stderr"] == str(tmp_path / "104_3" / "104_3_0_log.err")
