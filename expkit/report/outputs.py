@@ -42,6 +42,7 @@ def summarize(cfg, hist, model, splits, device, overrides):
         "versions": {"expkit": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
                      "machine": platform.machine()},
         **hist.extras,
+        "scheduler": __import__("expkit.scheduler").scheduler.info(),  # SLURM job, node, restarts, log; None outside one
         "config": OmegaConf.to_container(cfg),
     }
 
