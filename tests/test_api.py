@@ -1,7 +1,9 @@
 """expkit as a tool: the Python API, and `pip install .` giving the `expkit` command with every preset."""
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -33,14 +35,45 @@ def test_sweep_from_python_returns_the_table(countries_root, tmp_path):
         expkit.load(tmp_path / "bad")
 
 
+def venv_over_this_environment(venv):
+    """A fresh venv that sees, after its own packages, this interpreter's: its site-packages dirs (a
+    venv's too, where --system-site-packages would reach the base interpreter's instead) added as
+    site dirs by a .pth file, their own .pth files processed, as --system-site-packages does. Returns
+    its python. Nothing is downloaded."""
+    import site
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    ours = site.getsitepackages() + ([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])
+    lines = [f"import site; site.addsitedir({d!r})\n" for d in dict.fromkeys(ours) if os.path.isdir(d)]
+    (Path(purelib) / "_this_environment.pth").write_text("".join(lines))
+    return python
+
+
+def test_the_inner_venv_sees_this_environment_after_its_own_packages(tmp_path):
+    python = venv_over_this_environment(tmp_path / "venv")
+    code = "import sys, hydra; print(sys.prefix); print([p for p in sys.path if p.endswith('-packages')][0])"
+    r = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert r.returncode == 0, r.stderr[-2000:]  # hydra: from this environment, wherever it is installed
+    prefix, first = r.stdout.split()
+    assert prefix == str(tmp_path / "venv") and first.startswith(prefix)  # the venv's own packages come first
+
+
 @pytest.mark.slow
 def test_pip_install_gives_the_expkit_command_with_every_preset(countries_root, tmp_path):
-    """A non-editable install into a fresh venv (torch and friends from this environment), then the
-    command from an unrelated directory: one run, a sweep with its table, a user's own preset."""
+    """A non-editable install into a fresh venv (torch and friends from this environment, a venv
+    included; nothing downloaded), then the command from an unrelated directory: one run, a sweep
+    with its table, a user's own preset."""
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    r = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", str(ROOT)], capture_output=True,
-                       text=True)
+    python = venv_over_this_environment(venv)
+    src = tmp_path / "src"  # built from a copy: the build leaves nothing in the checkout
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "outputs", "multirun", ".cache", "build",
+                                                              "*.egg-info", "__pycache__", ".pytest_cache"))
+    r = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                        str(src)], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     work = tmp_path / "elsewhere"
     (work / "mine" / "experiment").mkdir(parents=True)
