@@ -28,6 +28,7 @@
 # scheduling pass that tests it: sched_interval=1 here (SLURM's default 60 s; backfill, bf_interval,
 # skips cycles in which no job or node changed, so it does not pick such a job up).
 set -euo pipefail
+export PATH=$PATH:/usr/sbin:/sbin  # the daemons, for a root shell without sbin on its PATH
 
 DIR=${EXPKIT_SLURM_DIR:-/tmp/expkit-slurm}
 CONF=$DIR/slurm.conf
