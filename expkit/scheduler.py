@@ -23,7 +23,7 @@ import subprocess
 
 log = logging.getLogger(__name__)
 
-SQUEUE_POLL_S = 10  # at most this long between squeue calls while jobs run (submitit's sacct cap: 600 s)
+SQUEUE_POLL_S = 5  # at most this long between squeue calls while jobs run (submitit's sacct cap: 600 s)
 GONE = "NOT_IN_SQUEUE"  # a job squeue no longer lists: it ended (more than MinJobAge ago) or never was
 # states in which a job may still run or run again (submitit's list, plus SLURM's other transient ones)
 INCOMPLETE = {"READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING", "PREEMPTED", "CONFIGURING",
