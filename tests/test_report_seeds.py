@@ -424,3 +424,62 @@ def test_without_a_swept_seed_every_job_is_its_own_group(tmp_path):
 
     g = plots.groups(df, job_dirs(tmp_path / "s"))
     assert [(label, len(m)) for label, m in g] == [("job 0", 1), ("job 1", 1)]
+
+
+# ---- parallel coordinates: every sweep varying two or more keys ----
+
+def _config_lines(ax, n_axes):
+    return [ln for ln in ax.get_lines() if len(ln.get_xdata()) == n_axes and ln.get_marker() == "o"]
+
+
+def test_parallel_coordinates_one_line_per_config_log_and_category_axes(tmp_path, figs):
+    root = tmp_path / "s"
+    rng = np.random.default_rng(7)
+    root.mkdir()
+    (root / "multirun.yaml").write_text(yaml.safe_dump({"name": "my_study"}))  # no report.plots: drawn anyway
+    accs, i = {}, 0
+    for lr in ("0.1", "0.01", "0.001"):
+        for act in ("relu", "tanh"):
+            for seed in (1, 2):
+                acc = {"0.1": 0.5, "0.01": 0.9, "0.001": 0.7}[lr] + (0.05 if act == "relu" else 0) + seed / 100
+                accs.setdefault((lr, act), []).append(acc)
+                make_job(root / str(i), [f"optim.lr={lr}", f"model.activation={act}", f"seed={seed}"], seed, rng,
+                         metrics=_metrics(rng, 2).assign(val_acc=acc), name="my_study")
+                i += 1
+    build_report(root)
+    (name, fig), = figs
+    assert name == "parallel_coordinates.png"
+    ax, bar = fig.axes  # the plot and its colour bar
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["optim.lr\n(log)", "model.activation\n(categories)", "val_acc (mean)"]
+    lines = _config_lines(ax, 3)
+    assert len(lines) == 6  # one per configuration, not per job
+    means = {k: np.mean(v) for k, v in accs.items()}
+    lo, hi = min(means.values()), max(means.values())
+    by_end = {round(float(ln.get_ydata()[2]), 6): ln for ln in lines}
+    for (lr, act), m in means.items():
+        ln = by_end[round((m - lo) / (hi - lo), 6)]
+        assert ln.get_ydata()[0] == pytest.approx({"0.1": 1.0, "0.01": 0.5, "0.001": 0.0}[lr])  # log10 axis
+        assert ln.get_ydata()[1] == pytest.approx({"relu": 0.0, "tanh": 1.0}[act])
+    best = max(lines, key=lambda ln: ln.get_linewidth())
+    assert best.get_ydata()[2] == 1.0 and best is lines[-1]  # the best: thickest, drawn last
+    assert "mean val_acc over seeds" in bar.get_ylabel()
+    assert title_of(fig).startswith("my_study: parallel coordinates: one line per configuration (6), coloured by val_acc")
+
+
+def test_parallel_coordinates_only_with_two_keys_unless_asked(tmp_path, figs):
+    one = tmp_path / "one"
+    make_sweep(one, ["0.1", "0.01"], [1, 2])
+    build_report(one)
+    assert figs == []
+    build_report(one, plots=[{"kind": "parallel_coordinates"}])
+    (name, fig), = figs
+    assert name == "parallel_coordinates.png" and len(_config_lines(fig.axes[0], 2)) == 2
+    two = tmp_path / "two"
+    make_sweep(two, [("1", "16"), ("6", "16"), ("6", "64")], [1], key="model.depth,model.width")
+    build_report(two, plots=[])  # plots given: exactly those
+    assert len(figs) == 1
+    build_report(two)
+    assert [n for n, _ in figs] == ["parallel_coordinates.png", "parallel_coordinates.png"]
+    labels = [t.get_text() for t in figs[1][1].axes[0].get_xticklabels()]
+    assert labels == ["model.depth", "model.width", "val_acc"]  # one seed: no mean

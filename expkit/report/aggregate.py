@@ -19,7 +19,7 @@ import yaml
 from expkit.cache import atomic_write
 from expkit.config import by_value, identity, settled
 from expkit.report.tables import (  # noqa: F401  (swept_keys, pm, to_markdown, ...: importable from here too)
-    OK, SEED, _finite, _mean_std, config_groups, config_keys, pm, seed_varies, swept_keys, to_markdown)
+    OK, PARALLEL, SEED, _finite, _mean_std, config_groups, config_keys, pm, seed_varies, swept_keys, to_markdown)
 
 log = logging.getLogger(__name__)
 METRICS = ["train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss"]
@@ -354,13 +354,17 @@ def study_name(roots):
 
 def build_report(root, roots=None, out=None, plots=None, study=None):
     """Table (+ results_by_config when seeds vary) + the preset's plots for a sweep (or merged
-    sweeps); plot titles name the study (`name` of the sweep's config unless given). Returns the table."""
+    sweeps), and parallel coordinates when the jobs differ in two or more keys (the seed aside);
+    plots given (a list, [] for none) replace both. Plot titles name the study (`name` of the
+    sweep's config unless given). Returns the table."""
     from expkit.report.kinds import draw  # here, not at the top: the tables never load the plotting code
 
     root = Path(root)
     out = Path(out or root)
     df = write_table(root, roots, out)
-    specs = plots if plots is not None else plots_config(root)
+    specs = list(plots if plots is not None else plots_config(root))
+    if plots is None and len(config_keys(df)) >= 2 and PARALLEL not in [dict(s).get("kind") for s in specs]:
+        specs.append({"kind": PARALLEL})  # every sweep that varies two or more keys: parallel coordinates
     if len(df) and specs:
         roots = [Path(r) for r in (roots or [root])]
         study = study or study_name(roots)

@@ -1,6 +1,6 @@
 """Every plot kind of report.plots: importing this module registers them all (registry.PLOTS);
 draw() runs one. Only the sweep report (aggregate.build_report) imports it, when it draws."""
-from expkit.report import images, study_plots, sweep_plots  # noqa: F401  (each registers its kinds)
+from expkit.report import images, parallel, study_plots, sweep_plots  # noqa: F401  (each registers its kinds)
 from expkit.report.registry import PLOTS
 
 

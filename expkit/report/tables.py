@@ -14,6 +14,7 @@ SEED = "seed"
 # terminal table): those with a result. Pruned (an Optuna trial stopped early: its last epoch is not
 # comparable), failed, skipped and unfinished jobs are counted, never averaged.
 OK = ("completed", "diverged")
+PARALLEL = "parallel_coordinates"  # the plot kind every sweep varying two or more keys draws (parallel.py)
 
 
 def swept_keys(df):
