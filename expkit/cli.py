@@ -46,9 +46,7 @@ def sweep_preview_argv(argv):
     return out if cfg else None
 
 
-def full_error():
-    """Hydra's documented switch: HYDRA_FULL_ERROR=1 shows every traceback."""
-    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+from expkit.errors import full_error  # noqa: E402,F401  (one switch for the core and the command line)
 
 
 def conf_dir() -> str:

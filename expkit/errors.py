@@ -1,4 +1,5 @@
 """Errors a user can cause. They print as one line (`error: ...`) and exit with code 2."""
+import os
 
 
 class UserError(Exception):
@@ -17,3 +18,8 @@ class Skipped(UserError):
 
 class ForeignDir(UserError):
     """The run dir holds another config's results: nothing is written there."""
+
+
+def full_error():
+    """Hydra's documented switch: HYDRA_FULL_ERROR=1 shows every traceback."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"

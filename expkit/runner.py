@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from expkit.cache import atomic_write
 from expkit.config import validate
 from expkit.device import pick_device, pick_precision, set_determinism
-from expkit.errors import ForeignDir, Skipped, UserError
+from expkit.errors import ForeignDir, Skipped, UserError, full_error
 
 log = logging.getLogger("expkit")
 SUMMARY = "summary.json"
@@ -28,7 +28,9 @@ SMALL_MODEL = 1_000_000  # parameters; below this a torch job trains on 1 thread
 
 def run_job(cfg):
     """Hydra task function. A user error in a single run: one line, exit 2, nothing left behind.
-    In a sweep every failure is recorded in the job's summary.json so the other jobs go on."""
+    In a sweep every failure is recorded in the job's summary.json so the other jobs go on. A fused
+    group's job (hydra.job.env_set.EXPKIT_GROUP, set by expkit's sweepers) trains its members, whose
+    dirs the sweeper prepared beside this one, as one group."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -40,15 +42,21 @@ def run_job(cfg):
     if not sweeping and grid:  # Hydra ignores a sweep without -m: say so instead of running one job quietly
         log.warning("this config declares a sweep over %s, but this is ONE run with the default values; "
                     "add -m to run the sweep (python train.py -m ...)", ", ".join(grid))
+    others = [n for n in str(hc.job.env_set.get("EXPKIT_GROUP") or "").split(":") if n]
+    dirs, cfgs, overs = [run_dir], [cfg], [overrides]
+    for name in others:  # the other members: the .hydra/ files the sweeper wrote for them
+        d = run_dir.parent / name
+        dirs.append(d)
+        cfgs.append(OmegaConf.load(d / ".hydra" / "config.yaml"))
+        overs.append(list(OmegaConf.load(d / ".hydra" / "overrides.yaml")))
     t0 = time.time()
+    handlers = _member_logs(dirs[1:], hc.job.name)
     try:
-        summary = run(cfg, run_dir, overrides, job_num=hc.job.num if sweeping else None)
+        summaries = run_group(cfgs, dirs, overs, job_num=hc.job.num if sweeping else None)
     except Exception as ex:
         user = isinstance(ex, UserError)
         msg = str(ex) if user else f"{type(ex).__name__}: {ex}"
         if not sweeping:
-            from expkit.cli import full_error
-
             if not user or full_error():
                 raise  # a programming error keeps its traceback (any error, with HYDRA_FULL_ERROR=1)
             _remove_partial(run_dir)
@@ -58,16 +66,35 @@ def run_job(cfg):
         (log.warning if status == "skipped" else log.error)("job %s: %s", status, msg)
         if not user:
             log.error(traceback.format_exc())
-        summary = {"status": status, "error": msg, "overrides": overrides, "wall_time_s": time.time() - t0}
-        if not isinstance(ex, ForeignDir):  # never write into a dir that holds another config's results
-            _write_json(run_dir / SUMMARY, summary)
+        summaries = []
+        for d, c, o in zip(dirs, cfgs, overs):
+            done = None if isinstance(ex, ForeignDir) else _finished_as(d, c)
+            summaries.append(done or {"status": status, "error": msg, "overrides": o, "wall_time_s": time.time() - t0})
+            if not done and not isinstance(ex, ForeignDir):  # never write over another config's or a finished run
+                _write_json(d / SUMMARY, summaries[-1])
+    finally:
+        for h in handlers:
+            logging.getLogger().removeHandler(h)
+            h.close()
     from expkit.report.aggregate import build_report, write_table
 
     if sweeping:
         write_table(run_dir.parent)  # keep the sweep table current after every job
     elif cfg.get("report") and cfg.report.get("plots"):
         build_report(run_dir)  # a single-run preset's own plots
-    return summary.get("status")  # expkit's optuna sweeper reads the objective from summary.json
+    return summaries[0].get("status")  # expkit's optuna sweeper reads the objective from summary.json
+
+
+def _member_logs(dirs, job_name):
+    """While a group trains, its log lines also go to each other member's own log file."""
+    handlers = []
+    fmt = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    for d in dirs:
+        h = logging.FileHandler(d / f"{job_name}.log")
+        h.setFormatter(fmt)
+        logging.getLogger().addHandler(h)
+        handlers.append(h)
+    return handlers
 
 
 # keys whose values do not change tensor shapes: runs that differ only in these may train fused
@@ -358,6 +385,14 @@ def _finished(run_dir, cfg):
         return None
     same = summary.get("config") == OmegaConf.to_container(cfg)
     return summary if same and summary.get("status") in ("completed", "diverged") else None
+
+
+def _finished_as(run_dir, cfg):
+    """_finished for a config that may not validate (then nothing finished as it)."""
+    try:
+        return _finished(run_dir, validate(cfg))
+    except UserError:
+        return None
 
 
 def _check_not_foreign(run_dir, cfg):

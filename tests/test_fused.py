@@ -162,7 +162,7 @@ def test_fused_sweep_cli_matches_separate_runs_and_has_same_outputs(countries_ro
     sweep = tmp_path / "sweep"
     r = run_cli("-m", *common, "optim.lr=1e6,0.05", "seed=42,7", "hydra/launcher=fused", f"hydra.sweep.dir={sweep}")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "fused group of 4: jobs [0, 1, 2, 3]" in r.stderr + r.stdout
+    assert "fused: 4 job(s) train as 1 unit(s) (1 group(s) of 4)" in r.stderr + r.stdout
     table = pd.read_csv(sweep / "results.csv")
     assert list(table.status) == ["diverged", "diverged", "completed", "completed"]
 

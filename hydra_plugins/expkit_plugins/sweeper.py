@@ -36,6 +36,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict, read_write
 
 from expkit.errors import UserError
+from hydra_plugins.expkit_plugins.fusing import Job, fused_batch, local_gpus, plan, task_cfg
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 class ExpkitSweeperConf:
     _target_: str = "hydra_plugins.expkit_plugins.sweeper.ExpkitSweeper"
     max_batch_size: Optional[int] = None
+    fuse: bool = False                # jobs that differ only in seed/lr/wd/momentum train as one group job
+    max_group: Optional[int] = None   # members per group (default: no bound; with GPUs, every GPU gets a group)
     params: Dict[str, str] = field(default_factory=dict)  # {} not None: a command-line dict merges into it
 
 
@@ -213,8 +216,12 @@ def group_choices(override, loader):
 
 
 class ExpkitSweeper(Sweeper):
-    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None):
-        self.max_batch_size = max_batch_size
+    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None,
+                 fuse: bool = False, max_group: Optional[int] = None):
+        from expkit.errors import require
+
+        require(max_group is None or max_group >= 1, f"hydra.sweeper.max_group must be >= 1, got {max_group}")
+        self.max_batch_size, self.fuse, self.max_group = max_batch_size, fuse, max_group
         self.params = dict(params or {})
 
     def setup(self, *, hydra_context, task_function, config):
@@ -222,6 +229,7 @@ class ExpkitSweeper(Sweeper):
         declare_job_counter(config)
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
+        self.fuse = fuses(self.launcher, self.fuse)
 
     def sweep(self, arguments: List[str]) -> Any:
         from expkit.cli import mark_failed_jobs, preview_requested
@@ -299,8 +307,6 @@ class ExpkitSweeper(Sweeper):
         state)], state "finished" (an identical config finished there: skipped), "resume" (an
         identical unfinished one: its dir) or "new" (a new dir). Jobs identical to an earlier one of
         this sweep are left out. Reads the sweep dir only."""
-        from hydra_plugins.expkit_plugins.fused_launcher import _task_cfg
-
         loader = self.hydra_context.config_loader
         known = existing_jobs(sweep_dir)
         used = {p.name for p in sweep_dir.iterdir() if p.is_dir()} if sweep_dir.is_dir() else set()
@@ -308,7 +314,7 @@ class ExpkitSweeper(Sweeper):
         out, queued = [], set()
         for job in jobs:
             config = loader.load_sweep_config(self.config, list(job))  # also checks it composes
-            ident = canonical(_task_cfg(config))
+            ident = canonical(task_cfg(config))
             if ident in known:
                 name, finished = known[ident]
                 state = "finished" if finished else "resume"
@@ -324,25 +330,22 @@ class ExpkitSweeper(Sweeper):
 
     def _assign(self, jobs, sweep_dir, root):
         """The jobs to run, each with its dir (by its config): skip finished identical jobs, reuse
-        unfinished ones. [(overrides, dir name, task config)]"""
-        from hydra_plugins.expkit_plugins.fused_launcher import _task_cfg
-
+        unfinished ones. [(overrides, dir name, task config, composed config)]"""
         todo = []
         for job, name, config, state in self._identify(jobs, sweep_dir, root):
             if state == "finished":
                 log.info("skipping %s: this exact config already finished in %s", " ".join(job), sweep_dir / name)
                 continue
             sub = str((sweep_dir / name).relative_to(root))
-            todo.append((job + [f"hydra.sweep.subdir={sub}"], name, _task_cfg(config)))
-        for k, (overrides, _, _) in enumerate(todo, 1):  # "job k/N" in each job's progress line
+            todo.append((job + [f"hydra.sweep.subdir={sub}"], name, task_cfg(config), config))
+        for k, (overrides, *_) in enumerate(todo, 1):  # "job k/N" in each job's progress line
             overrides.append(job_counter(k, len(todo)))
         return todo
 
     def _preview(self, jobs, sweep_dir, root):
         """`-m ... --cfg job`: the jobs this sweep would run (numbered as `job k/N` in its log), those
-        already finished in its dir, and how they would fuse (fused_launcher.plan, in batches of
+        already finished in its dir, and how they would fuse (fusing.plan, in batches of
         max_batch_size); nothing is written."""
-        from hydra_plugins.expkit_plugins.fused_launcher import Job, plan
 
         entries = self._identify(jobs, sweep_dir, root)
         todo = [e for e in entries if e[3] != "finished"]
@@ -362,9 +365,9 @@ class ExpkitSweeper(Sweeper):
         units = []
         for i in range(0, len(todo), n):
             units += plan([Job(i + k, job, copy.deepcopy(config))
-                           for k, (job, _, config, _) in enumerate(todo[i:i + n], 1)])
-        on = self.config.hydra.runtime.choices.get("hydra/launcher") == "fused"
-        print(f"fused ({'this sweep' if on else 'if run with hydra/launcher=fused'}): "
+                           for k, (job, _, config, _) in enumerate(todo[i:i + n], 1)],
+                          self.max_group, local_gpus(self.config.hydra.launcher))
+        print(f"fused ({'this sweep' if self.fuse else 'were it fused: sweeper.fuse=true'}): "
               f"{len(todo)} job(s) train as {len(units)} unit(s)")
         for u in units:
             if len(u) > 1:
@@ -377,12 +380,28 @@ class ExpkitSweeper(Sweeper):
         n = self.max_batch_size or len(todo) or 1
         for i in range(0, len(todo), n):
             batch = todo[i:i + n]
+            jobs = [j for j, *_ in batch]
+            if self.fuse:  # one job per fused group (fusing.py), which any launcher runs
+                compose = self.hydra_context.config_loader.load_sweep_config  # with its subdir and counter
+                jobs, _ = fused_batch([Job(idx + k, j, compose(self.config, list(j))) for k, j in enumerate(jobs)],
+                                      self.max_group, local_gpus(self.config.hydra.launcher))
             try:
-                returns.append(self.launcher.launch([j for j, *_ in batch], initial_job_idx=idx))
+                returns.append(self.launcher.launch(jobs, initial_job_idx=idx))
             except Exception as ex:  # the launcher itself died (e.g. a killed worker): record, go on
                 record_lost_jobs(sweep_dir, batch, ex)
-            idx += len(batch)
+            idx += len(jobs)
         return returns
+
+
+def fuses(launcher, fuse):
+    """Whether a sweep fuses: hydra.sweeper.fuse, or the hydra/launcher=fused shorthand (which then
+    knows its jobs arrive grouped)."""
+    from hydra_plugins.expkit_plugins.fused_launcher import FusedLauncher
+
+    if isinstance(launcher, FusedLauncher):
+        launcher.fusing_sweeper = True
+        return True
+    return bool(fuse)
 
 
 def record_lost_jobs(sweep_dir: Path, batch, ex):
@@ -392,7 +411,7 @@ def record_lost_jobs(sweep_dir: Path, batch, ex):
 
     msg = f"launcher lost this job: {type(ex).__name__}: {(str(ex).splitlines() or [''])[0][:200]}"
     log.error("%s (jobs %s)", msg, ", ".join(name for _, name, _ in batch))
-    for overrides, name, config in batch:
+    for overrides, name, config, *_ in batch:
         job_dir = sweep_dir / name
         if not (job_dir / SUMMARY).exists():
             (job_dir / ".hydra").mkdir(parents=True, exist_ok=True)

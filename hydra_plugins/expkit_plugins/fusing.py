@@ -1,0 +1,137 @@
+"""Fusing, a policy of expkit's sweepers (`hydra.sweeper.fuse=true`, or the `hydra/launcher=fused`
+shorthand): the jobs of a batch that differ only in seed, optim.lr, optim.weight_decay or
+optim.momentum become one *group job* each, which any launcher runs like any job (basic,
+joblib, submitit_local, SLURM): groups spread over cores, GPUs and nodes.
+
+A group job is its first member's own Hydra job plus `hydra.job.env_set.EXPKIT_GROUP`, naming
+the other members' dirs (siblings in the sweep dir). Before launching, the sweeper writes each
+other member's `.hydra/` (config.yaml, hydra.yaml, overrides.yaml) as Hydra's run_job writes a
+job's; the job's task function (expkit.runner.run_job) reads them and trains all members as one
+stacked model (run_group). Each member keeps its own run dir, log and files; a re-run of the
+sweep finds every member by its config wherever its group ran.
+"""
+import copy
+import heapq
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from omegaconf import OmegaConf, open_dict, read_write
+
+log = logging.getLogger(__name__)
+GROUP_KEY = "hydra.job.env_set.EXPKIT_GROUP"  # the other members' dir names, ':'-separated
+
+
+@dataclass
+class Job:
+    num: int                  # its number in this sweep ("job k/N")
+    overrides: List[str]      # as launched (user's overrides + hydra.sweep.subdir, ...)
+    config: object            # the composed sweep config, hydra node included
+    cfg: object = None        # the validated task config, when it validates
+    why_alone: str = ""
+
+
+def task_cfg(config):
+    """A composed sweep config without its hydra node: what the task function receives."""
+    task = copy.deepcopy(config)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task
+
+
+def plan(jobs, max_group: Optional[int] = None, devices: int = 0):
+    """The units a batch trains as: lists of jobs that train as one group, or single jobs (with
+    why_alone). Groups hold at most max_group members; without a bound and with `devices` GPUs,
+    the largest groups split until every GPU has a unit. Largest units first (dispatched first, so
+    the last worker does not run alone)."""
+    from expkit.config import validate
+    from expkit.errors import UserError
+    from expkit.runner import FUSIBLE, group_key, not_fusible
+
+    groups = {}
+    for j in jobs:
+        try:
+            j.cfg = validate(task_cfg(j.config))
+        except UserError as ex:
+            j.why_alone = f"invalid config ({ex})"
+            continue
+        j.why_alone = not_fusible(j.cfg) or ""
+        if not j.why_alone:
+            groups.setdefault(group_key(j.cfg), []).append(j)
+    units = [[j] for j in jobs if j.why_alone]
+    for members in groups.values():
+        if len(members) == 1:
+            members[0].why_alone = f"no other job in this batch differs from it only in {', '.join(FUSIBLE)}"
+        size = max_group or len(members)
+        units += [members[i:i + size] for i in range(0, len(members), size)]
+    if not max_group and devices > 1:
+        units = _spread(units, devices)
+    order = {j.num: i for i, j in enumerate(jobs)}
+    return sorted(units, key=lambda u: (-len(u), order[u[0].num]))
+
+
+def _spread(units, devices):
+    """Split the largest groups in halves until there are `devices` units (or nothing left to split)."""
+    heap = [(-len(u), i, u) for i, u in enumerate(units)]
+    heapq.heapify(heap)
+    n = len(units)
+    while len(heap) < devices and heap and -heap[0][0] > 1:
+        _, _, u = heapq.heappop(heap)
+        half = (len(u) + 1) // 2
+        for part in (u[:half], u[half:]):
+            heapq.heappush(heap, (-len(part), n, part))
+            n += 1
+    return [u for _, _, u in sorted(heap, key=lambda e: e[1])]
+
+
+def write_job_files(job: Job):
+    """A member's .hydra/ (config.yaml, hydra.yaml, overrides.yaml) as Hydra's run_job writes a job's,
+    with its job number and output dir; its dir is made."""
+    config = copy.deepcopy(job.config)
+    with read_write(config), open_dict(config):
+        config.hydra.job.num = job.num
+        config.hydra.job.id = str(job.num)
+        out = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+        config.hydra.runtime.output_dir = str(out.absolute())
+    hydra_dir = out / str(config.hydra.output_subdir)
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(task_cfg(config), hydra_dir / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": config.hydra}), hydra_dir / "hydra.yaml")
+    OmegaConf.save(config.hydra.overrides.task, hydra_dir / "overrides.yaml")
+    return out
+
+
+def group_overrides(unit):
+    """The overrides of a unit's job: a single job's own, or a group's first member's plus the others'
+    dir names (their .hydra/ files written now)."""
+    lead = unit[0]
+    if len(unit) == 1:
+        return lead.overrides
+    names = [write_job_files(j).name for j in unit[1:]]
+    return lead.overrides + [f"++{GROUP_KEY}='{':'.join(names)}'"]
+
+
+def local_gpus(launcher_cfg) -> int:
+    """GPUs that groups on this machine share: those visible here, unless the launcher sends jobs to
+    other machines (SLURM gives each its own)."""
+    if "slurm" in str(launcher_cfg.get("_target_", "")).lower():
+        return 0
+    from expkit import placement
+
+    try:
+        return len(placement.visible_devices())
+    except Exception:  # no driver, no NVML: nothing to spread over
+        return 0
+
+
+def fused_batch(jobs, max_group, devices):
+    """A batch of jobs -> (the launcher's overrides per unit, the units), logging how they group."""
+    units = plan(jobs, max_group, devices)
+    together = [u for u in units if len(u) > 1]
+    log.info("fused: %d job(s) train as %d unit(s)%s", len(jobs), len(units),
+             f" ({len(together)} group(s) of {', '.join(str(len(u)) for u in together)})" if together else "")
+    for u in units:
+        if len(u) == 1:
+            log.info("#%d runs alone: %s", u[0].num, u[0].why_alone)
+    return [group_overrides(u) for u in units], units
