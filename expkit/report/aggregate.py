@@ -86,7 +86,7 @@ def _row(d: Path, root: Path, s):
     return row
 
 
-class _Job:
+class JobConfig:
     """What the table knows of one job's configuration: its config by value (validated, defaults
     filled in, when it validates), its identity without seed (expkit.config.identity, the sweeper's
     notion of the same config), and its overrides (the keys the user swept)."""
@@ -104,6 +104,13 @@ class _Job:
             extra = {k: _parsed(v) for k, v in self.overrides.items() if _at(self.config, k) is _MISSING}
             self.identity += json.dumps(by_value(extra), sort_keys=True, default=str)
         self._choices = None
+
+    def values(self):
+        """{dotted key: value} of the job's config leaves; a partial config: its overrides' values too."""
+        out = leaves(self.config)
+        if not self.valid:
+            out.update({k: _parsed(v) for k, v in self.overrides.items() if k not in out and "." in k})
+        return out
 
     def value(self, key):
         """The job's value of a swept key, by value: from its config; a group's choice (model=cnn,
@@ -150,12 +157,12 @@ def _at(tree, key):
     return node
 
 
-def _leaves(tree, prefix=""):
+def leaves(tree, prefix=""):
     """{dotted key: value} of every leaf (lists are leaves) of plain data, in order."""
     out = {}
     for k, v in tree.items():
         if isinstance(v, dict) and v:
-            out.update(_leaves(v, f"{prefix}{k}."))
+            out.update(leaves(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -205,10 +212,10 @@ def varying_keys(jobs):
         return [ids for ids in seen.values() if len(ids) > 1]
 
     if clashes(keys):  # e.g. a preset edited between two runs into one dir: show what differs
-        leaves = [_leaves(j.config) for j in jobs]
-        extra = list(dict.fromkeys(k for lv in leaves for k in lv))
+        flat = [leaves(j.config) for j in jobs]
+        extra = list(dict.fromkeys(k for lv in flat for k in lv))
         keys += [k for k in extra if k not in keys and k != SEED
-                 and len({_same(lv.get(k, _MISSING)) for lv in leaves}) > 1]
+                 and len({_same(lv.get(k, _MISSING)) for lv in flat}) > 1]
     return keys
 
 
@@ -226,7 +233,7 @@ def collect(roots):
             if len(roots) > 1:
                 r["sweep"] = str(root)
             rows.append(r)
-            jobs.append(_Job(d, s))
+            jobs.append(JobConfig(d, s))
     if not rows:
         return pd.DataFrame()
     keys = varying_keys(jobs)
