@@ -11,7 +11,7 @@
 # `slurm-wlm` and `munge` (apt-get install slurm-wlm munge; written against 22.05). Everything lives
 # under $EXPKIT_SLURM_DIR (default /tmp/expkit-slurm): slurm.conf (SLURM_CONF points at it, nothing
 # in /etc is read or written), munge key and socket, spool, state, logs. Partition `debug`: one
-# node, this host (`hostname -s`), CPUs = nproc, RealMemory from `free` less 5%. No accounting
+# node, this host (`hostname -s`), CPUs = nproc, RealMemory = total memory (free -m) less 5%. No accounting
 # database: sacct fails, so squeue is the source of job states (expkit/scheduler.py says so once).
 #
 # It refuses, with one line and exit 2, on a machine with a SLURM of its own: /etc/slurm/slurm.conf
@@ -50,11 +50,23 @@ ours() {
     echo "$pid"
 }
 
+# pids of the live processes named $1 (pgrep -x without procps; zombies left by a daemon's
+# fork, which a container's pid 1 may never reap, are not daemons)
+pids_named() {
+    local f d
+    for f in /proc/[0-9]*/comm; do
+        [[ $(cat "$f" 2>/dev/null) == "$1" ]] || continue
+        d=${f%/comm}
+        grep -q '^State:[[:space:]]*Z' "$d/status" 2>/dev/null || echo "${d#/proc/}"
+    done
+    return 0
+}
+
 # the daemons named $1 that run on this machine but are not ours
 foreign() {
     local mine p out=""
     mine=$(ours "$1" || true)
-    for p in $(pgrep -x "$1" || true); do
+    for p in $(pids_named "$1"); do
         [[ $p == "$mine" ]] || out+="$p "
     done
     echo "$out"
@@ -81,7 +93,7 @@ running() { ours slurmctld >/dev/null && ours slurmd >/dev/null && ours munged >
 write_conf() {
     local cpus mem first
     cpus=$(nproc)
-    mem=$(free -m | awk '/^Mem:/ {print int($2 * 0.95)}')
+    mem=$(awk '/^MemTotal:/ {print int($2 / 1024 * 0.95)}' /proc/meminfo)  # free -m's total, less 5%
     # job ids start from the clock, so a cluster re-created later never reuses a job id that an
     # old sweep dir's .submitit/<job id>/ folder still holds results for
     first=$(( ($(date +%s) / 10) % 60000000 + 1000 ))

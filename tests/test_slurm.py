@@ -228,6 +228,16 @@ def test_a_requeued_job_restarts_within_seconds_and_resumes(cluster, countries_r
     assert list(pd.read_csv(out / "0" / "metrics.csv").epoch) == list(range(1, 301))
 
 
+def test_start_is_idempotent_and_a_second_cluster_is_refused(slurm_cluster, tmp_path):
+    r = _script("start")
+    assert r.returncode == 0 and "already running" in r.stdout, r.stdout + r.stderr
+    assert _script("status").returncode == 0
+    other = tmp_path / "other"  # a second cluster's files: its slurmctld would be a foreign one's rival
+    r = _script("start", env={"EXPKIT_SLURM_DIR": str(other), "SLURM_CONF": ""})
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stdout + r.stderr
+    assert "a slurmctld this script did not start is running" in r.stderr and not other.exists()
+
+
 def test_the_script_refuses_another_clusters_configuration(tmp_path):
     """SLURM_CONF naming another cluster's file: one line, exit 2, nothing started or written."""
     other = tmp_path / "slurm.conf"
