@@ -15,8 +15,6 @@ def pruning_callback(run_dir):
     import optuna
     from hydra.utils import instantiate
 
-    from hydra_plugins.expkit_plugins.optuna_sweeper import quiet_optuna
-
     quiet_optuna()
     pruner = instantiate(spec["pruner"]) if spec.get("pruner") else optuna.pruners.NopPruner()
     study = optuna.load_study(study_name=spec["study_name"], storage=spec["storage"], pruner=pruner)
@@ -30,3 +28,16 @@ def pruning_callback(run_dir):
         return "pruned" if trial.should_prune() else None
 
     return report
+
+
+def quiet_optuna():
+    """Optuna's messages through expkit's logging (plain lines, no colour codes in log files); no
+    alembic set-up chatter from the sqlite storage. Used by the trial's run and by expkit's optuna
+    sweeper (which imports it from here: the core never imports the plugins)."""
+    import logging
+
+    import optuna
+
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -1,9 +1,7 @@
-"""Import structure of the expkit package, read statically (ast): no module imports itself back,
-counting imports inside functions too (they hide a cycle, not remove it); and the sweep tables do
-not pay for plotting (importing expkit.report.aggregate must not load matplotlib).
-
-The report/ part is strict. Cycles elsewhere in expkit are reported but expected to fail for now
-(another change removes them)."""
+"""Import structure of expkit and its Hydra plugins, read statically (ast): no module imports itself
+back, counting imports inside functions too (they hide a cycle, not remove it); dependencies run one
+way (the plugins and the command line sit on top of the core, which imports neither); and the sweep
+tables do not pay for plotting (importing expkit.report.aggregate must not load matplotlib)."""
 import ast
 import subprocess
 import sys
@@ -12,17 +10,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "expkit"
+PLUGINS = ROOT / "hydra_plugins"
 REPORT = "expkit.report"
+CORE_MUST_NOT_IMPORT = ("expkit.cli", "expkit.api", "expkit.__main__", "hydra_plugins")  # the layers on top
 
 
-def module_names(package=PACKAGE):
-    """{dotted module name: file} of every module in the package (a package is its __init__.py)."""
+def module_names(*packages):
+    """{dotted module name: file} of every module in the packages (a package is its __init__.py)."""
     out = {}
-    for f in sorted(package.rglob("*.py")):
-        parts = list(f.relative_to(package.parent).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        out[".".join(parts)] = f
+    for package in packages or (PACKAGE,):
+        for f in sorted(package.rglob("*.py")):
+            parts = list(f.relative_to(package.parent).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = f
     return out
 
 
@@ -45,9 +46,10 @@ def _targets(node, module, is_package, modules):
             pkg = module.split(".") if is_package else module.split(".")[:-1]
             pkg = pkg[:len(pkg) - (node.level - 1)]
             base = ".".join(pkg + ([base] if base else []))
-        # `from pkg import sub` imports the submodule pkg.sub; `from mod import name` imports mod
+        # `from pkg import sub` imports the submodule pkg.sub, and pkg itself (its __init__ runs first);
+        # `from mod import name` imports mod
         return [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else _resolve(base, modules)
-                for a in node.names]
+                for a in node.names] + [_resolve(base, modules)]
     if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
             and isinstance(node.args[0].value, str):
         f = node.func
@@ -57,9 +59,10 @@ def _targets(node, module, is_package, modules):
     return []
 
 
-def import_graph(package=PACKAGE):
-    """{module: {modules of ours it imports}} over every module of the package."""
-    modules = module_names(package)
+def import_graph(*packages):
+    """{module: {modules of ours it imports}} over every module of the packages. A module's own
+    packages are not counted (Python has them imported before the module runs, not through it)."""
+    modules = module_names(*packages)
     graph = {}
     for name, f in modules.items():
         tree = ast.parse(f.read_text(), str(f))
@@ -68,7 +71,7 @@ def import_graph(package=PACKAGE):
             edges.update(_targets(node, name, f.name == "__init__.py", modules))
         edges.discard(None)
         edges.discard(name)
-        graph[name] = edges
+        graph[name] = {e for e in edges if not name.startswith(e + ".")}
     return graph
 
 
@@ -144,6 +147,13 @@ def test_graph_sees_imports_inside_functions_and_relative_ones(tmp_path):
                  "expkit.sub.b": {"expkit.sub.a", "expkit.c"}, "expkit.c": {"expkit.sub.a", "expkit.sub"}}
     assert cycles(g) == [(["expkit.c", "expkit.sub", "expkit.sub.b", "expkit.c"],
                           {"expkit.c", "expkit.sub", "expkit.sub.a", "expkit.sub.b"})]
+    # from outside a package, `from pkg import sub` runs pkg's __init__ too: an import of pkg
+    (tmp_path / "plug").mkdir()
+    (tmp_path / "plug" / "x.py").write_text("def f():\n    from expkit import c\n")
+    (pkg / "__init__.py").write_text("def run():\n    from plug.x import f\n")
+    g = import_graph(pkg, tmp_path / "plug")
+    assert g["plug.x"] == {"expkit.c", "expkit"} and g["expkit"] == {"plug.x"}
+    assert ["expkit", "plug.x", "expkit"] in [c for c, _ in cycles(g)]
 
 
 def test_report_modules_import_one_way():
@@ -154,6 +164,28 @@ def test_report_modules_import_one_way():
 def test_rest_of_expkit_has_no_import_cycle():
     found = [c for c in cycles(import_graph()) if not _in_report(c)]
     assert not found, f"import cycles in expkit outside report/ (imports inside functions count):\n{_show(found)}"
+
+
+def test_expkit_and_its_plugins_have_no_import_cycle():
+    """The whole project: expkit and hydra_plugins together, imports inside functions included; and,
+    where the shared checker is there (../shared/tools/import_cycles.py), it finds none either."""
+    found = cycles(import_graph(PACKAGE, PLUGINS))
+    assert not found, f"import cycles in expkit + hydra_plugins (imports inside functions count):\n{_show(found)}"
+    tool = ROOT.parent / "shared" / "tools" / "import_cycles.py"
+    if tool.is_file():
+        r = subprocess.run([sys.executable, str(tool), str(ROOT), "expkit", "hydra_plugins"], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0 and not r.stdout.strip(), r.stdout + r.stderr
+
+
+def test_the_core_imports_neither_the_plugins_nor_the_command_line():
+    """Dependencies run one way: hydra_plugins and the entrypoints (cli, api, __main__) import the core
+    (runner, trainers, report, ...), never the other way, not even inside a function. The package's
+    own __init__ (expkit.run/sweep/load, the public API) is an entrypoint too."""
+    graph = import_graph(PACKAGE, PLUGINS)
+    top = [m for m in graph if m == "expkit" or m.startswith(CORE_MUST_NOT_IMPORT)]
+    bad = {m: sorted(d for d in deps if d in top) for m, deps in graph.items() if m not in top}
+    assert not any(bad.values()), {m: d for m, d in bad.items() if d}
 
 
 def test_tables_do_not_import_matplotlib():

@@ -117,10 +117,10 @@ def local_gpus(launcher_cfg) -> int:
     other machines (SLURM gives each its own)."""
     if "slurm" in str(launcher_cfg.get("_target_", "")).lower():
         return 0
-    from expkit import placement
+    from expkit.placement import visible_devices
 
     try:
-        return len(placement.visible_devices())
+        return len(visible_devices())
     except Exception:  # no driver, no NVML: nothing to spread over
         return 0
 

@@ -30,6 +30,7 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import OmegaConf
 
 from expkit.errors import UserError
+from expkit.hpo import TRIAL_FILE, quiet_optuna
 from hydra_plugins.expkit_plugins.sweeper import _key, declare_job_counter, job_counter, record_lost_jobs, value_str
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class OptunaSweeper(Sweeper):
         import optuna
         from hydra.utils import instantiate
 
-        from expkit.cli import mark_failed_jobs, preview_requested
+        from expkit.session import mark_failed_jobs, preview_requested
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         space, fixed = distributions(self.params, arguments, parser)
@@ -192,7 +193,7 @@ class OptunaSweeper(Sweeper):
         """Compose the search's corners (each choice; an interval's low end) before any trial exists."""
         from optuna.distributions import CategoricalDistribution
 
-        from expkit.cli import one_line
+        from expkit.session import one_line
 
         base = {k: d.choices[0] if isinstance(d, CategoricalDistribution) else d.low for k, d in space.items()}
         probes = [base] + [dict(base, **{k: c}) for k, d in space.items()
@@ -228,8 +229,6 @@ class OptunaSweeper(Sweeper):
 
     def _launch(self, batch, fixed, storage, name, sweep_dir, launched, todo):
         """Run a batch of asked trials as jobs, each in its own run dir with its trial file."""
-        from expkit.hpo import TRIAL_FILE
-
         jobs = []
         for k, trial in enumerate(batch):
             job_dir = _free_dir(sweep_dir, f"trial_{trial.number}")
@@ -342,12 +341,3 @@ def _write_results(study, sweep_dir: Path):
           f"best-epoch val_acc {best.value:.4f} (the objective; the table above shows final epochs)\n"
           f"every trial: {sweep_dir / 'optuna_trials.csv'}", flush=True)
 
-
-def quiet_optuna():
-    """Optuna's messages through expkit's logging (plain lines, no colour codes in log files); no
-    alembic set-up chatter from the sqlite storage."""
-    import optuna
-
-    optuna.logging.disable_default_handler()
-    optuna.logging.enable_propagation()
-    logging.getLogger("alembic").setLevel(logging.WARNING)

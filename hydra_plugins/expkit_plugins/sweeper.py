@@ -10,7 +10,7 @@ Precedence: a key given on the command line replaces what a preset or a `sweep=`
 sweeps for it, in the grid and inside paired tuples; jobs that become identical run once.
 `-m experiment=a,b` (or `sweep=a,b`, or `glob(...)` over either group, nested options such as ex4/lr
 included) runs each option's own sweep in its own sub-directory, with its report, and a merged
-table on top. With `--cfg job` (set by the entrypoint: expkit.cli.preview_requested) the sweeper
+table on top. With `--cfg job` (set by the entrypoint: expkit.session.preview_requested) the sweeper
 prints the jobs it would run, which finished already, and how they would fuse, and runs nothing.
 
 A sweep dir knows its jobs by their config (.hydra/config.yaml, validated, compared on the values
@@ -201,7 +201,7 @@ def user_overrides(overrides):
 def group_choices(override, loader):
     """The options a sweep over a config group names, and whether a glob named them. A glob matches
     every option of the group, nested ones (ex4/lr) too, which Hydra's own listing leaves out."""
-    from expkit.cli import group_options
+    from expkit.session import group_options
 
     group = _key(override)
     pattern = override.value()
@@ -232,7 +232,7 @@ class ExpkitSweeper(Sweeper):
         self.fuse = fuses(self.launcher, self.fuse)
 
     def sweep(self, arguments: List[str]) -> Any:
-        from expkit.cli import mark_failed_jobs, preview_requested
+        from expkit.session import mark_failed_jobs, preview_requested
         from expkit.report.aggregate import build_report
         from expkit.report.tables import terminal_table
 
