@@ -307,8 +307,9 @@ class Started(NamedTuple):
             uuid = gpu(device_id).uuid
             if uuid is None:
                 return None
+            want = _uuid_key(uuid)
             for k, u in enumerate(self.uuids):
-                if u and (u == uuid or u.startswith(uuid) or uuid.startswith(u)):
+                if u and want and (_uuid_key(u).startswith(want) or want.startswith(_uuid_key(u))):
                     return k
             return None
         ids = _parse_cvd(self.cvd)
@@ -319,6 +320,11 @@ class Started(NamedTuple):
     def describe(self) -> str:
         seen = ", ".join(self.uuids) if self.uuids is not None else "unknown"
         return f"CUDA_VISIBLE_DEVICES={self.cvd if self.cvd is not None else 'unset'} (GPUs: {seen})"
+
+
+def _uuid_key(uuid: str) -> str:
+    """A UUID's hex digits: NVML says GPU-… or MIG-…, the driver's raw bytes carry no prefix."""
+    return re.sub(r"[^0-9a-f]", "", re.sub(r"^(gpu|mig)-", "", uuid.lower()))
 
 
 def _driver_uuids(cuda) -> list[str] | None:

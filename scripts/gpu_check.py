@@ -369,7 +369,7 @@ if probe_first:
 cnn = compose(["experiment=hw6/synth_kernels", "data.n=120", "trainer.epochs=1", "trainer.jobs_per_gpu=1"])
 s = run_group([cnn], [__import__("pathlib").Path(tmp) / "gpu"], [[]], job_num=1)[0]
 dev = torch.device(device._placed)
-norm = lambda u: str(u).lower().replace("gpu-", "")
+norm = lambda u: __import__("re").sub(r"[^0-9a-f]", "", __import__("re").sub(r"^(gpu|mig)-", "", str(u).lower()))
 out.update(slot=s.get("gpu_slot"), placed=str(dev), trained_on=s["device"],
            uuid_trained=norm(torch.cuda.get_device_properties(dev).uuid), uuid_slot=norm(placement.gpu(s["gpu_slot"]).uuid))
 print("RESULT " + json.dumps(out))

@@ -176,7 +176,7 @@ def test_evaluation_runs_in_fp32_whatever_the_training_precision(countries_root,
 
 def test_channels_last_stack_trains_like_the_default_layout():
     from expkit.models.cnn import CNN, ConvConf
-    from expkit.trainers.torch import Stack
+    from expkit.trainers.stacked import Stack
 
     class M:  # the fields of a Member that a Stack reads
         def __init__(self, model):
@@ -537,3 +537,22 @@ def test_a_process_that_probed_cuda_first_trains_on_the_gpu_of_its_slot(tmp_path
     assert out["inits_after_cpu_job"] == 0  # the CPU job never started CUDA
     assert out["gpu_slot"] == slot and out["cvd"] == cvd and out["placed"] == placed
     assert where in r.stderr + r.stdout, (r.stderr + r.stdout)[-3000:]
+
+
+def test_more_workers_than_slots_is_said(box, monkeypatch, caplog):
+    """Issue 20, item 2: jobs_per_gpu limits running jobs, not the CUDA contexts that idle workers keep."""
+    import types
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from expkit.runner import _place
+
+    box(2)
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: types.SimpleNamespace(launcher={"n_jobs": 16})))
+    with caplog.at_level("INFO", logger="expkit"):
+        for job in range(2):  # a reused worker's second job does not repeat it
+            slot = _place(compose_cfg(CNN_TINY), None, job)
+            assert slot.device_id in ("0", "1")
+            slot.release()
+    warned = [r.getMessage() for r in caplog.records if "CUDA context" in r.getMessage()]
+    assert len(warned) == 1 and "n_jobs=16 workers for 2 GPU(s) x 1 job(s) each" in warned[0] and "n_jobs=2" in warned[0]
