@@ -483,3 +483,9 @@ def test_parallel_coordinates_only_with_two_keys_unless_asked(tmp_path, figs):
     assert [n for n, _ in figs] == ["parallel_coordinates.png", "parallel_coordinates.png"]
     labels = [t.get_text() for t in figs[1][1].axes[0].get_xticklabels()]
     assert labels == ["model.depth", "model.width", "val_acc"]  # one seed: no mean
+
+
+def test_a_sweep_without_jobs_reports_an_empty_table(tmp_path, figs):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "multirun.yaml").write_text(yaml.safe_dump({"name": "x", "report": {"plots": [{"kind": "epochs"}]}}))
+    assert build_report(tmp_path / "s").empty and figs == [] and not (tmp_path / "s" / "results.csv").exists()

@@ -370,7 +370,7 @@ def build_report(root, roots=None, out=None, plots=None, study=None):
     out = Path(out or root)
     df = write_table(root, roots, out)
     specs = list(plots if plots is not None else plots_config(root))
-    if plots is None and len(config_keys(df)) >= 2 and PARALLEL not in [dict(s).get("kind") for s in specs]:
+    if plots is None and len(df) and len(config_keys(df)) >= 2 and PARALLEL not in [dict(s).get("kind") for s in specs]:
         specs.append({"kind": PARALLEL})  # every sweep that varies two or more keys: parallel coordinates
     if len(df) and specs:
         roots = [Path(r) for r in (roots or [root])]
