@@ -30,7 +30,13 @@ def main():
         single.append(HydraConfig.get().mode == RunMode.RUN)
         return run_job(cfg)
 
-    hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")(task)()
+    from expkit.preempt import Preempted
+
+    try:
+        hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")(task)()
+    except Preempted as ex:  # a scheduler's SIGTERM/SIGUSR2: the checkpoint is written, the job stops
+        sys.stderr.write(f"stopped: {ex} (run the same command again to resume)\n")
+        sys.exit(143)  # 128 + SIGTERM, as if the signal had ended it
     if single == [True]:
         quick_exit(exit_code())
     sys.exit(exit_code())

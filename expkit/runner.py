@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from expkit import preempt, scheduler
 from expkit.cache import atomic_write
 from expkit.config import validate
 from expkit.device import pick_device, pick_precision, set_determinism
@@ -50,6 +51,7 @@ def run_job(cfg):
         cfgs.append(OmegaConf.load(d / ".hydra" / "config.yaml"))
         overs.append(list(OmegaConf.load(d / ".hydra" / "overrides.yaml")))
     t0 = time.time()
+    preempt.install()  # SIGTERM / SIGUSR2 (a scheduler's): checkpoint at the next step, then stop
     handlers = _member_logs(dirs[1:], hc.job.name)
     try:
         summaries = run_group(cfgs, dirs, overs, job_num=hc.job.num if sweeping else None)
@@ -69,7 +71,8 @@ def run_job(cfg):
         summaries = []
         for d, c, o in zip(dirs, cfgs, overs):
             done = None if isinstance(ex, ForeignDir) else _finished_as(d, c)
-            summaries.append(done or {"status": status, "error": msg, "overrides": o, "wall_time_s": time.time() - t0})
+            summaries.append(done or {"status": status, "error": msg, "overrides": o, "wall_time_s": time.time() - t0,
+                                      "scheduler": scheduler.info()})
             if not done and not isinstance(ex, ForeignDir):  # never write over another config's or a finished run
                 _write_json(d / SUMMARY, summaries[-1])
     finally:

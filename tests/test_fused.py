@@ -26,6 +26,7 @@ from expkit.config import validate
 from expkit.data import load
 from expkit.models import build
 from expkit.runner import run
+from expkit.trainers.stacked import Stack
 from expkit.trainers import torch as trainer
 
 METRICS = ["train_loss", "val_loss", "test_loss", "train_acc", "val_acc", "test_acc"]
@@ -90,7 +91,7 @@ def test_fused_adam_kernel_is_torch_adam_per_member_lr_and_weight_decay(tmp_path
             torch.manual_seed(s)
             cfg = compose_cfg([f"optim.lr={lr}", f"optim.weight_decay={wd}"])
             out.append(trainer.Member(cfg, MLP(2, 5, [8, 8]), tmp_path))
-        return trainer.Stack(out, torch.device("cpu"))
+        return Stack(out, torch.device("cpu"))
 
     one = stacked([(0.01, 0.001)])
     ref = copy.deepcopy(one.net)

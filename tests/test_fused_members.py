@@ -17,7 +17,8 @@ from conftest import compose_cfg, load_for
 from expkit.config import validate
 from expkit.models import build
 from expkit.runner import run, run_group
-from expkit.trainers import torch as trainer
+from expkit.trainers.stacked import Scaler
+from expkit.trainers import checkpoint, torch as trainer
 from test_one_path import close
 
 SETUPS = {
@@ -164,14 +165,14 @@ def test_an_fp16_checkpoint_keeps_the_loss_scale(countries_root, tmp_path, monke
     m.run_dir.mkdir()
     m.hist = trainer.History()
     m.shuffle, m.draws = torch.Generator(), torch.Generator()
-    scaler = trainer.Scaler(scale=1024.0)
+    scaler = Scaler(scale=1024.0)
     scaler.good = 17
-    m.fingerprint = trainer._fingerprint(c, torch.device("cpu"), "fp16-mixed")
-    trainer._save_checkpoint(m, 1, scaler)
+    m.fingerprint = checkpoint.fingerprint(c, torch.device("cpu"), "fp16-mixed")
+    checkpoint.save(m, 1, scaler)
     loop = trainer.Loop(c, splits, torch.device("cpu"), False, "fp16-mixed")
     assert (loop.scaler.value, loop.scaler.good) == (2.0 ** 16, 0)
     fresh = trainer.Member(c, built(c, splits), tmp_path / "r")
     fresh.hist, fresh.shuffle, fresh.draws = trainer.History(), torch.Generator(), torch.Generator()
     fresh.fingerprint = m.fingerprint
-    trainer._resume(fresh, loop)
+    checkpoint.resume(fresh, loop.scaler)
     assert (loop.scaler.value, loop.scaler.good) == (1024.0, 17)

@@ -19,7 +19,8 @@ from expkit.config import validate
 from expkit.models import build
 from expkit.runner import run_group
 from expkit.stack import stack, unstack
-from expkit.trainers import torch as trainer
+from expkit.trainers.stacked import Stack
+from expkit.trainers import checkpoint, torch as trainer
 from test_deepfake import folder, weights  # noqa: F401  (fixtures)
 
 
@@ -146,9 +147,9 @@ def test_a_stacked_cnn_runs_channels_last_on_the_cpu_unless_it_has_batchnorm(tmp
             out.append(trainer.Member(cfg, net, tmp_path))
         return out
 
-    assert trainer.Stack(members(False), torch.device("cpu")).channels_last
-    assert not trainer.Stack(members(True), torch.device("cpu")).channels_last
-    assert not trainer.Stack(members(False)[:1], torch.device("cpu")).channels_last  # one member: as it is
+    assert Stack(members(False), torch.device("cpu")).channels_last
+    assert not Stack(members(True), torch.device("cpu")).channels_last
+    assert not Stack(members(False)[:1], torch.device("cpu")).channels_last  # one member: as it is
 
 
 def test_a_layer_without_a_stacked_form_is_refused():

@@ -159,11 +159,11 @@ def test_checkpoints_are_written_by_elapsed_time(tmp_path, monkeypatch, every, s
     trainer.checkpoint_every_s after the last one (never after the last epoch)."""
     from conftest import compose_cfg
     from expkit.runner import run
-    from expkit.trainers import torch as trainer
+    from expkit.trainers import checkpoint
 
     data = write_countries(tmp_path / "d", n=200)
     calls = []
-    real = trainer._save_checkpoint
-    monkeypatch.setattr(trainer, "_save_checkpoint", lambda m, epoch, *a: calls.append(epoch) or real(m, epoch, *a))
+    real = checkpoint.save
+    monkeypatch.setattr(checkpoint, "save", lambda m, epoch, *a, **kw: calls.append(epoch) or real(m, epoch, *a, **kw))
     run(compose_cfg([f"data.root={data}", "trainer.epochs=4", f"trainer.checkpoint_every_s={every}"]), tmp_path / "r")
     assert len(calls) == saves and calls == sorted(calls)

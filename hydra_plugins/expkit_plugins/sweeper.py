@@ -18,6 +18,14 @@ that differ from the schema defaults: `canonical`): a job identical to
 one that finished there is skipped, an unfinished identical one resumes in its own dir, and a
 new config gets a new dir; no job ever writes into a dir holding another config. Jobs that
 fail do not stop the sweep; the exit code is 1 if any failed.
+
+A `hydra.sweep.subdir` the user sets (in a config or on the command line; Hydra's default is
+${hydra.job.num}) wins: each job runs where it names, resolved with the job's number in the sweep,
+and the config identity only decides skip and resume (a dir holding another config's expkit results
+is still never written into: that job is refused, a failure). Any Hydra app may use this sweeper
+(hydra/sweeper=expkit): a job that is not an expkit run has no table row; a job that failed without
+leaving an expkit record (summary.json) fails the sweep once every job has run, as Hydra's sweepers
+fail it.
 """
 import copy
 import itertools
@@ -36,7 +44,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict, read_write
 
 from expkit.errors import UserError
-from hydra_plugins.expkit_plugins.fusing import Job, fused_batch, local_gpus, plan, task_cfg
+from hydra_plugins.expkit_plugins.fusing import Job, fuses, launch_batch, local_gpus, plan, task_cfg
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +150,8 @@ def expand(params: Dict[str, str], arguments: List[str], parser) -> List[List[st
 
 def canonical(task_cfg) -> str:
     """A job's identity: its validated config without schema defaults (expkit.config.essential),
-    as sorted JSON; a config that does not validate is known by its composed form."""
+    as sorted JSON; a config that does not validate (not an expkit run's) is known by its composed
+    form, resolved where it resolves here."""
     from omegaconf.errors import OmegaConfBaseException
 
     from expkit.config import essential
@@ -150,7 +159,10 @@ def canonical(task_cfg) -> str:
     try:
         ident = essential(task_cfg)
     except (UserError, OmegaConfBaseException, KeyError, TypeError, ValueError):
-        ident = {"composed": OmegaConf.to_container(task_cfg, resolve=True)}
+        try:
+            ident = {"composed": OmegaConf.to_container(task_cfg, resolve=True)}
+        except Exception:  # e.g. a ??? value or an interpolation only the job can resolve
+            ident = {"composed": OmegaConf.to_container(task_cfg, resolve=False)}
     return json.dumps(ident, sort_keys=True, default=str)
 
 
@@ -193,6 +205,63 @@ def job_counter(k, n):
     return f"{JOB_COUNTER}='{k}/{n}'"
 
 
+HYDRA_SUBDIR = "${hydra.job.num}"  # Hydra's default hydra.sweep.subdir: expkit then names dirs by config
+
+
+def user_subdir(config) -> Optional[str]:
+    """The hydra.sweep.subdir the user set (a config or the command line), unresolved; None for Hydra's default."""
+    raw = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
+    return None if raw is None or str(raw) == HYDRA_SUBDIR else str(raw)
+
+
+def resolve_subdir(config, num) -> Optional[str]:
+    """A job's hydra.sweep.subdir resolved with its job number, as its launcher would; None where only
+    the job itself can resolve it."""
+    config = copy.deepcopy(config)
+    with read_write(config), open_dict(config):
+        config.hydra.job.num = num
+        config.hydra.job.id = str(num)
+    try:
+        return str(config.hydra.sweep.subdir)
+    except Exception:
+        return None
+
+
+def holds_other_results(job_dir: Path, ident: str) -> bool:
+    """Whether a dir holds another config's expkit results (its summary.json, config.yaml or checkpoint
+    beside a .hydra/config.yaml of another identity). A plain Hydra app's job dir holds none."""
+    from expkit.runner import SUMMARY
+
+    f = job_dir / ".hydra" / "config.yaml"
+    if not f.exists() or not any((job_dir / n).exists() for n in (SUMMARY, "config.yaml", "checkpoint.pt")):
+        return False
+    try:
+        return canonical(OmegaConf.load(f)) != ident
+    except Exception:  # unreadable: never overwritten
+        return True
+
+
+def job_failures(returns):
+    """The launcher's JobReturns that failed without an expkit record of it (no summary.json in their dir:
+    a plain Hydra app's task, or a crash outside expkit's run): [(dir, JobReturn)]."""
+    from hydra.core.utils import JobStatus
+
+    from expkit.runner import SUMMARY
+
+    out = []
+    for batch in returns:
+        for r in batch or []:
+            if getattr(r, "status", None) != JobStatus.FAILED:
+                continue
+            try:
+                d = Path(str(r.hydra_cfg.hydra.runtime.output_dir))
+            except Exception:
+                d = None
+            if d is None or not (d / SUMMARY).exists():
+                out.append((d, r))
+    return out
+
+
 def user_overrides(overrides):
     """A job's overrides without Hydra's own (subdir, job counter): what the user's sweep varies."""
     return [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
@@ -232,9 +301,10 @@ class ExpkitSweeper(Sweeper):
         self.fuse = fuses(self.launcher, self.fuse)
 
     def sweep(self, arguments: List[str]) -> Any:
-        from expkit.session import mark_failed_jobs, preview_requested
         from expkit.report.aggregate import build_report
         from expkit.report.tables import terminal_table
+        from expkit.runner import SUMMARY
+        from expkit.session import mark_failed_jobs, preview_requested
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         root = Path(self.config.hydra.sweep.dir)
@@ -244,27 +314,41 @@ class ExpkitSweeper(Sweeper):
                 self._preview(jobs, sweep_dir, root)
             return []
 
+        self.refused = 0
         todos = [self._assign(jobs, sweep_dir, root) for sweep_dir, _, jobs in studies]  # every job composes
-        returns, failed, jobs_total = [], 0, 0
+        returns, failed, jobs_total, tables = [], self.refused, 0, 0
         for (sweep_dir, cfg, jobs), todo in zip(studies, todos):
             sweep_dir.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(cfg, sweep_dir / "multirun.yaml")
             log.info("sweep: %d job(s), %d to run -> %s", len(jobs), len(todo), sweep_dir)
+            ours = True
             try:
                 returns += self._launch(todo, sweep_dir, root)
-            finally:
-                table = build_report(sweep_dir)
-            failed += int((table.status == "failed").sum()) if len(table) else 0
+            finally:  # expkit's runs get their table; a plain Hydra app's jobs (no summary.json) none
+                ours = any(sweep_dir.glob(f"*/{SUMMARY}"))
+                table = build_report(sweep_dir) if ours else None
+            if not ours:
+                jobs_total += len(todo)
+                continue
+            tables += 1
+            failed += int((table.status == "failed").sum()) if len(table) and "status" in table else 0
             jobs_total += len(table)
             print(f"\n{sweep_dir}\n{terminal_table(table)}\n", flush=True)  # the results, best first
-        if len(studies) > 1:
+        if len(studies) > 1 and tables:
             build_report(root, roots=[s[0] for s in studies], plots=[])  # one merged table at the top
+        unrecorded = job_failures(returns)
+        failed += len(unrecorded)
         mark_failed_jobs(failed)
-        msg = f"sweep done: {jobs_total} job(s), {failed} failed; table: {studies[0][0] / 'results.md'}"
+        msg = f"sweep done: {jobs_total} job(s), {failed} failed" + \
+            (f"; table: {studies[0][0] / 'results.md'}" if tables else "")
         if len(studies) > 1:
-            msg = f"sweep done: {jobs_total} job(s) in {len(studies)} studies, {failed} failed; tables: " \
-                  f"{root}/<study>/results.md, merged {root / 'results.md'}"
+            msg = f"sweep done: {jobs_total} job(s) in {len(studies)} studies, {failed} failed" + \
+                (f"; tables: {root}/<study>/results.md, merged {root / 'results.md'}" if tables else "")
         (log.warning if failed else log.info)(msg)
+        if unrecorded:  # as Hydra's own sweepers do, once every job has run: the first such job's error
+            d, first = unrecorded[0]
+            log.error("%d job(s) failed without an expkit record; the first (%s) raises", len(unrecorded), d)
+            _ = first.return_value
         return returns
 
     def studies(self, arguments, parser):
@@ -328,15 +412,45 @@ class ExpkitSweeper(Sweeper):
             out.append((list(job), name, config, state))
         return out
 
+    def _place(self, jobs, sweep_dir, root):
+        """_identify, with the user's hydra.sweep.subdir applied: each job that runs goes where that
+        names (resolved with its number among the jobs to run), "refused" where that dir holds another
+        config's expkit results. [(overrides, dir name relative to sweep_dir or None, composed config,
+        state)]"""
+        entries = self._identify(jobs, sweep_dir, root)
+        own = user_subdir(self.config)
+        if own is None:
+            return entries
+        out, num = [], 0
+        for job, name, config, state in entries:
+            if state != "finished":
+                sub = resolve_subdir(config, num)
+                num += 1
+                name, state = sub, "new" if sub is None else state
+                if sub is not None and holds_other_results(sweep_dir / sub, canonical(task_cfg(config))):
+                    state = "refused"
+            out.append((job, name, config, state))
+        return out
+
     def _assign(self, jobs, sweep_dir, root):
-        """The jobs to run, each with its dir (by its config): skip finished identical jobs, reuse
-        unfinished ones. [(overrides, dir name, task config, composed config)]"""
+        """The jobs to run, each with its dir (by its config, or the user's subdir): skip finished
+        identical jobs, reuse unfinished ones. [(overrides, dir name, task config, composed config)]"""
         todo = []
-        for job, name, config, state in self._identify(jobs, sweep_dir, root):
+        for job, name, config, state in self._place(jobs, sweep_dir, root):
             if state == "finished":
                 log.info("skipping %s: this exact config already finished in %s", " ".join(job), sweep_dir / name)
                 continue
-            sub = str((sweep_dir / name).relative_to(root))
+            if state == "refused":
+                log.error("refused %s: hydra.sweep.subdir names %s, which holds another config's results "
+                          "(expkit never writes there; choose another hydra.sweep.subdir or dir)",
+                          " ".join(job) or "(no overrides)", sweep_dir / name)
+                self.refused += 1
+                continue
+            if name is None:  # the user's subdir, resolved by the job itself (its launcher)
+                todo.append((list(job), None, task_cfg(config), config))
+                continue
+            sub = (sweep_dir / name).relative_to(root).as_posix()
+            sub = value_str(sub) if user_subdir(self.config) is not None else sub  # expkit's names: plain
             todo.append((job + [f"hydra.sweep.subdir={sub}"], name, task_cfg(config), config))
         for k, (overrides, *_) in enumerate(todo, 1):  # "job k/N" in each job's progress line
             overrides.append(job_counter(k, len(todo)))
@@ -347,14 +461,16 @@ class ExpkitSweeper(Sweeper):
         already finished in its dir, and how they would fuse (fusing.plan, in batches of
         max_batch_size); nothing is written."""
 
-        entries = self._identify(jobs, sweep_dir, root)
-        todo = [e for e in entries if e[3] != "finished"]
+        entries = self._place(jobs, sweep_dir, root)
+        todo = [e for e in entries if e[3] not in ("finished", "refused")]
         print(f"\nsweep preview (nothing runs, nothing is written): {sweep_dir}\n"
               f"{len(entries)} job(s): {len(todo)} to run, {len(entries) - len(todo)} already finished there")
         k = 0
         for job, name, _, state in entries:
             if state == "finished":
                 head = f"done  (finished in {name})"
+            elif state == "refused":
+                head = f"refused ({name} holds another config)"
             else:
                 k += 1
                 head = f"#{k:<3} -> {name}" + (" (resumes)" if state == "resume" else "")
@@ -376,32 +492,18 @@ class ExpkitSweeper(Sweeper):
                 print(f"  alone:    #{u[0].num}: {u[0].why_alone}")
 
     def _launch(self, todo, sweep_dir, root):
+        """The jobs to run, in batches of max_batch_size, numbered across the sweep; each batch fused
+        or not (fusing.launch_batch, which the Optuna sweeper's batches go through too)."""
         returns, idx = [], 0
         n = self.max_batch_size or len(todo) or 1
         for i in range(0, len(todo), n):
             batch = todo[i:i + n]
-            jobs = [j for j, *_ in batch]
-            if self.fuse:  # one job per fused group (fusing.py), which any launcher runs
-                compose = self.hydra_context.config_loader.load_sweep_config  # with its subdir and counter
-                jobs, _ = fused_batch([Job(idx + k, j, compose(self.config, list(j))) for k, j in enumerate(jobs)],
-                                      self.max_group, local_gpus(self.config.hydra.launcher))
             try:
-                returns.append(self.launcher.launch(jobs, initial_job_idx=idx))
+                returns.append(launch_batch(self, [j for j, *_ in batch], idx))
             except Exception as ex:  # the launcher itself died (e.g. a killed worker): record, go on
-                record_lost_jobs(sweep_dir, batch, ex)
-            idx += len(jobs)
+                record_lost_jobs(sweep_dir, [b for b in batch if b[1] is not None], ex)
+            idx += len(batch)
         return returns
-
-
-def fuses(launcher, fuse):
-    """Whether a sweep fuses: hydra.sweeper.fuse, or the hydra/launcher=fused shorthand (which then
-    knows its jobs arrive grouped)."""
-    from hydra_plugins.expkit_plugins.fused_launcher import FusedLauncher
-
-    if isinstance(launcher, FusedLauncher):
-        launcher.fusing_sweeper = True
-        return True
-    return bool(fuse)
 
 
 def record_lost_jobs(sweep_dir: Path, batch, ex):
@@ -410,7 +512,7 @@ def record_lost_jobs(sweep_dir: Path, batch, ex):
     from expkit.runner import SUMMARY, _write_json
 
     msg = f"launcher lost this job: {type(ex).__name__}: {(str(ex).splitlines() or [''])[0][:200]}"
-    log.error("%s (jobs %s)", msg, ", ".join(name for _, name, _ in batch))
+    log.error("%s (jobs %s)", msg, ", ".join(name for _, name, *_ in batch))
     for overrides, name, config, *_ in batch:
         job_dir = sweep_dir / name
         if not (job_dir / SUMMARY).exists():

@@ -1,0 +1,61 @@
+"""Stopping a job cleanly when its scheduler asks: SLURM sends SIGTERM when it preempts, requeues
+or cancels a job, and (submitit's `--signal=USR2@<delay>`) SIGUSR2 before its time limit.
+
+`install()` (expkit.runner.run_job, in the job's main thread) replaces the handlers of both with
+one that only sets a flag: a signal handler that saved or exited itself would do so mid-step.
+The training loop checks `requested()` at every step boundary; when set, it writes each member's
+checkpoint with the epoch's batch order and running sums (trainers/checkpoint.py) and calls
+`stop()`, which hands SIGUSR2 to the handler it replaced (submitit's: requeue the job, so that
+`max_num_timeout` counts) and otherwise raises `Preempted` (SLURM requeues a preempted job
+itself). The restarted job resumes from that step and ends as an uninterrupted run would.
+"""
+import logging
+import os
+import signal
+import threading
+
+log = logging.getLogger(__name__)
+SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+_state = {"signal": None, "previous": {}}
+
+
+class Preempted(BaseException):
+    """The job stopped at a scheduler's request after saving its checkpoint. Not an Exception: no
+    sweep records it as a failure, and nothing after it runs."""
+
+
+def _flag(signum, frame):
+    _state["signal"] = signum
+    # no logging in a signal handler (its lock may be held by the interrupted code): one raw line
+    os.write(2, f"expkit: {signal.Signals(signum).name} received: stopping at the next step boundary\n".encode())
+
+
+def install():
+    """Route SIGTERM and SIGUSR2 to the flag (main thread only, where Python runs handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    for sig in SIGNALS:
+        previous = signal.signal(sig, _flag)
+        if previous is not _flag:
+            _state["previous"][sig] = previous
+    return True
+
+
+def installed():
+    return signal.getsignal(signal.SIGTERM) is _flag
+
+
+def requested():
+    return _state["signal"] is not None
+
+
+def stop(where):
+    """After the checkpoint: hand a time-limit signal to the handler it replaced, else raise Preempted."""
+    sig = _state["signal"]
+    name = signal.Signals(sig).name
+    log.warning("%s received: %s; the job resumes from there when it runs again", name, where)
+    previous = _state["previous"].get(sig)
+    _state["signal"] = None
+    if sig == signal.SIGUSR2 and callable(previous):
+        previous(sig, None)  # submitit: requeue this job (counts toward max_num_timeout), then exit
+    raise Preempted(f"{name}: {where}")
