@@ -129,6 +129,7 @@ class OptunaSweeper(Sweeper):
         declare_job_counter(config)
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
+        __import__("expkit.scheduler").scheduler.watch_slurm_jobs(config.hydra.launcher.get("_target_"))
 
     def sweep(self, arguments: List[str]) -> Any:
         import optuna
