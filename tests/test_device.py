@@ -248,17 +248,17 @@ def box(monkeypatch, tmp_path):
     def make(n, gb=None):
         monkeypatch.setenv(placement.FAKE_ENV, str(n))
         if gb is not None:
-            monkeypatch.setenv(placement.FAKE_GB_ENV, str(gb))
+            monkeypatch.setenv("EXPKIT_FAKE_GPU_GB", str(gb))
         return tmp_path / "slots"
 
-    for var in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", placement.FAKE_GB_ENV, "CUDA_DEVICE_ORDER"):
+    for var in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "EXPKIT_FAKE_GPU_GB", "CUDA_DEVICE_ORDER"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(placement, "SLOT_DIR", tmp_path / "slots")
-    monkeypatch.setattr(placement, "_box_cache", {})
-    monkeypatch.setattr(placement, "_LIBS", {placement.LIBCUDA: None, placement.LIBNVML: None})
-    monkeypatch.setattr(placement, "_original_cvd", placement._UNSET)
-    monkeypatch.setattr(placement, "_warned", set())
-    monkeypatch.setattr(device, "_placed", None)
+    monkeypatch.setattr(placement, "_box_cache", {}, raising=False)
+    monkeypatch.setattr(placement, "_LIBS", {"libcuda.so.1": None, "libnvidia-ml.so.1": None}, raising=False)
+    monkeypatch.setattr(placement, "_original_cvd", getattr(placement, "_UNSET", None), raising=False)
+    monkeypatch.setattr(placement, "_warned", set(), raising=False)
+    monkeypatch.setattr(device, "_placed", None, raising=False)
     saved = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
     yield make
     for k, v in saved.items():
