@@ -169,3 +169,15 @@ def test_terminal_table_and_results_by_config_leave_out_the_same_jobs(tmp_path):
     assert t.n[0] == 2 and t.pruned[0] == 1 and t.failed[0] == 0 and t.val_acc_mean[0] == pytest.approx(0.7)
     row = terminal_table(df).splitlines()[2]
     assert "completed x2,pruned" in row and f"{t.val_acc_mean[0]:.4f} ± {t.val_acc_std[0]:.4f}" in row
+
+
+def test_a_sweep_over_seeds_only_is_one_configuration(tmp_path):
+    """No key but the seed varies: one configuration of three seeds (pandas 2 iterated no rows over no columns)."""
+    from expkit.report.aggregate import by_config, by_config_markdown, collect
+
+    for i, seed in enumerate((1, 2, 3)):
+        _job(tmp_path / "s" / str(i), [f"seed={seed}"], [], seed, 0.5 + i / 10)
+    df = collect([tmp_path / "s"])
+    t = by_config(df)
+    assert list(df.columns[:2]) == ["job", "seed"] and len(t) == 1 and t.n[0] == 3 and t.seeds[0] == "1,2,3"
+    assert "0.6000 ± 0.1000" in by_config_markdown(df)

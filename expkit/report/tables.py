@@ -41,8 +41,9 @@ def config_groups(df, keys=None):
         return [((str(i),), [i]) for i in df.index]
     keys = config_keys(df) if keys is None else keys
     groups = {}
-    for i, vals in zip(df.index, df[keys].itertuples(index=False, name=None)):
-        groups.setdefault(tuple(same_value(v) for v in vals), []).append(i)
+    columns = [df[k].tolist() for k in keys]
+    for n, i in enumerate(df.index):  # not itertuples: over no columns, pandas 2 yields no rows at all
+        groups.setdefault(tuple(same_value(c[n]) for c in columns), []).append(i)
     return list(groups.items())
 
 
