@@ -1,6 +1,6 @@
 """Every GPU path of expkit, one line each: PASS|FAIL|SKIP <path> <seconds> <detail>.
 
-    scripts/gpu_check.sh            on a GPU box: every path on CUDA (about 5 minutes)
+    scripts/gpu_check.sh            on a GPU box: every path on CUDA (meant for < 5 minutes)
     scripts/gpu_check.sh --cpu      the same paths on the CPU (GPU-only ones SKIP), for CI
     scripts/gpu_check.sh --only fused_k16,kill_resume [--keep DIR]
 
