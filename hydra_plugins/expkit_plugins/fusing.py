@@ -9,10 +9,15 @@ other member's `.hydra/` (config.yaml, hydra.yaml, overrides.yaml) as Hydra's ru
 job's; the job's task function (expkit.runner.run_job) reads them and trains all members as one
 stacked model (run_group). Each member keeps its own run dir, log and files; a re-run of the
 sweep finds every member by its config wherever its group ran.
+
+Both of expkit's sweepers (sweeper.py's grid, optuna_sweeper.py's batches of trials) launch their
+batches through `launch_batch`: fused or not, the one way a batch reaches the launcher. A job whose
+config is not an expkit run (a plain Hydra app's) runs alone, as it would unfused.
 """
 import copy
 import heapq
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -51,8 +56,12 @@ def plan(jobs, max_group: Optional[int] = None, devices: int = 0):
 
     groups = {}
     for j in jobs:
+        task = task_cfg(j.config)
+        if not all(k in task for k in ("data", "model", "optim", "trainer")):
+            j.why_alone = "not an expkit run (its config has no data/model/optim/trainer)"
+            continue
         try:
-            j.cfg = validate(task_cfg(j.config))
+            j.cfg = validate(task)
         except UserError as ex:
             j.why_alone = f"invalid config ({ex})"
             continue
@@ -85,14 +94,27 @@ def _spread(units, devices):
     return [u for _, _, u in sorted(heap, key=lambda e: e[1])]
 
 
-def write_job_files(job: Job):
-    """A member's .hydra/ (config.yaml, hydra.yaml, overrides.yaml) as Hydra's run_job writes a job's,
-    with its job number and output dir; its dir is made."""
+def _numbered(job: Job):
+    """The job's composed config with its job number (what its launcher would set)."""
     config = copy.deepcopy(job.config)
     with read_write(config), open_dict(config):
         config.hydra.job.num = job.num
         config.hydra.job.id = str(job.num)
-        out = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+    return config
+
+
+def job_dir(job: Job) -> Path:
+    """Where the job runs: hydra.sweep.dir / hydra.sweep.subdir, as its launcher resolves them."""
+    config = _numbered(job)
+    return Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+
+
+def write_job_files(job: Job):
+    """A member's .hydra/ (config.yaml, hydra.yaml, overrides.yaml) as Hydra's run_job writes a job's,
+    with its job number and output dir; its dir is made."""
+    config = _numbered(job)
+    out = job_dir(job)
+    with read_write(config), open_dict(config):
         config.hydra.runtime.output_dir = str(out.absolute())
     hydra_dir = out / str(config.hydra.output_subdir)
     hydra_dir.mkdir(parents=True, exist_ok=True)
@@ -104,11 +126,12 @@ def write_job_files(job: Job):
 
 def group_overrides(unit):
     """The overrides of a unit's job: a single job's own, or a group's first member's plus the others'
-    dir names (their .hydra/ files written now)."""
+    dirs, relative to the first member's parent (siblings: their names), their .hydra/ files written now."""
     lead = unit[0]
     if len(unit) == 1:
         return lead.overrides
-    names = [write_job_files(j).name for j in unit[1:]]
+    parent = job_dir(lead).absolute().parent
+    names = [os.path.relpath(write_job_files(j).absolute(), parent) for j in unit[1:]]
     return lead.overrides + [f"++{GROUP_KEY}='{':'.join(names)}'"]
 
 
@@ -135,3 +158,27 @@ def fused_batch(jobs, max_group, devices):
         if len(u) == 1:
             log.info("#%d runs alone: %s", u[0].num, u[0].why_alone)
     return [group_overrides(u) for u in units], units
+
+
+def fuses(launcher, fuse) -> bool:
+    """Whether a sweep fuses: hydra.sweeper.fuse, or the hydra/launcher=fused shorthand (which then
+    knows its jobs arrive grouped)."""
+    from hydra_plugins.expkit_plugins.fused_launcher import FusedLauncher
+
+    if isinstance(launcher, FusedLauncher):
+        launcher.fusing_sweeper = True
+        return True
+    return bool(fuse)
+
+
+def launch_batch(sweeper, overrides, idx):
+    """One batch of a sweep's jobs (their override lists, numbered from idx) through the sweeper's
+    launcher: as they are, or, when the sweeper fuses, one job per fused group, each job's config
+    composed as its launcher would compose it. Returns the launcher's JobReturns (one per unit).
+    The sweeper brings launcher, hydra_context, config, fuse and max_group."""
+    jobs = [list(j) for j in overrides]
+    if sweeper.fuse:
+        compose = sweeper.hydra_context.config_loader.load_sweep_config
+        jobs, _ = fused_batch([Job(idx + k, j, compose(sweeper.config, j)) for k, j in enumerate(jobs)],
+                              sweeper.max_group, local_gpus(sweeper.config.hydra.launcher))
+    return sweeper.launcher.launch(jobs, initial_job_idx=idx)

@@ -154,10 +154,10 @@ def canonical(task_cfg) -> str:
     form, resolved where it resolves here."""
     from omegaconf.errors import OmegaConfBaseException
 
-    from expkit.config import essential
+    from expkit.config import identity
 
     try:
-        ident = essential(task_cfg)
+        return identity(task_cfg)  # by value: optim.lr=1 and optim.lr=1.0 are one job, as in the tables
     except (UserError, OmegaConfBaseException, KeyError, TypeError, ValueError):
         try:
             ident = {"composed": OmegaConf.to_container(task_cfg, resolve=True)}
@@ -197,7 +197,8 @@ def declare_job_counter(config):
     """Declare EXPKIT_JOB among the sweep's Hydra overrides, so that each job can set it with a plain
     `hydra.` override, which Hydra's launchers leave out of their job lines (`++hydra...` they print)."""
     with read_write(config), open_dict(config):
-        if f"++{JOB_COUNTER}=''" not in config.hydra.overrides.hydra:
+        given = OmegaConf.to_container(config.hydra.overrides.hydra, resolve=False)  # e.g. subdir=x_${hydra.job.num}
+        if f"++{JOB_COUNTER}=''" not in given:
             config.hydra.overrides.hydra.append(f"++{JOB_COUNTER}=''")
 
 
@@ -267,6 +268,19 @@ def user_overrides(overrides):
     return [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
 
 
+def check_valid(config, job):
+    """An expkit run's config must validate (a typo'd value, Adam with a momentum, a negative lr):
+    one line naming the job, before any job of the sweep runs. Other apps' configs pass as they are."""
+    from expkit.config import validate
+
+    task = task_cfg(config)
+    if all(k in task for k in ("data", "model", "optim", "trainer")):
+        try:
+            validate(task)
+        except UserError as ex:
+            raise UserError(f"job {' '.join(user_overrides(job))}: {ex}") from None
+
+
 def group_choices(override, loader):
     """The options a sweep over a config group names, and whether a glob named them. A glob matches
     every option of the group, nested ones (ex4/lr) too, which Hydra's own listing leaves out."""
@@ -302,10 +316,13 @@ class ExpkitSweeper(Sweeper):
         self.fuse = fuses(self.launcher, self.fuse)
 
     def sweep(self, arguments: List[str]) -> Any:
-        from expkit.report.aggregate import build_report
-        from expkit.report.tables import terminal_table
         from expkit.runner import SUMMARY
         from expkit.session import mark_failed_jobs, preview_requested
+
+        def build_report(*args, **kwargs):  # pandas and the report code: only for expkit's runs
+            from expkit.report.aggregate import build_report
+
+            return build_report(*args, **kwargs)
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         root = Path(self.config.hydra.sweep.dir)
@@ -331,6 +348,8 @@ class ExpkitSweeper(Sweeper):
             if not ours:
                 jobs_total += len(todo)
                 continue
+            from expkit.report.tables import terminal_table
+
             tables += 1
             failed += int((table.status == "failed").sum()) if len(table) and "status" in table else 0
             jobs_total += len(table)
@@ -399,6 +418,7 @@ class ExpkitSweeper(Sweeper):
         out, queued = [], set()
         for job in jobs:
             config = loader.load_sweep_config(self.config, list(job))  # also checks it composes
+            check_valid(config, job)  # a job that cannot run stops the sweep before anything is launched
             ident = canonical(task_cfg(config))
             if ident in known:
                 name, finished = known[ident]

@@ -1,0 +1,83 @@
+"""Fusing is a sweeper policy (hydra.sweeper.fuse=true): group jobs that any launcher runs, spread
+over workers and GPUs; each member keeps its own run dir and files; a re-run skips finished members."""
+import json
+import re
+from datetime import datetime
+
+import pandas as pd
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from conftest import ROOT, run_cli
+from hydra_plugins.expkit_plugins.fusing import Job, plan
+
+
+def jobs_for(overrides_per_job):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return [Job(k, list(o), compose("config", overrides=list(o), return_hydra_config=True))
+                for k, o in enumerate(overrides_per_job)]
+
+
+def test_plan_bounds_groups_spreads_them_over_gpus_and_puts_the_largest_first():
+    seeds = [[f"seed={s}"] for s in range(12)]
+    other = [["model.depth=2", f"seed={s}"] for s in range(3)]
+    units = plan(jobs_for(seeds + other))
+    assert [len(u) for u in units] == [12, 3]  # no bound on the CPU: one group per shape
+    units = plan(jobs_for(seeds + other), max_group=5)
+    assert [len(u) for u in units] == [5, 5, 3, 2]  # bounded, largest first
+    assert sorted(j.num for u in units for j in u) == list(range(15))
+    units = plan(jobs_for([[f"seed={s}"] for s in range(64)]), devices=8)
+    assert [len(u) for u in units] == [8] * 8  # 64 seeds on 8 GPUs: 8 groups of 8, not one of 64
+    units = plan(jobs_for(seeds + other), devices=4)
+    assert len(units) >= 4 and max(len(u) for u in units) <= 6
+    alone = plan(jobs_for([["model=xgboost"], ["optim.lr=-1"], ["seed=1"]]))
+    why = sorted(u[0].why_alone.split(" (")[0] for u in alone)
+    assert why[0].startswith("invalid config") and "estimator" in why[1] and "no other job" in why[2]
+
+
+def log_span(path):
+    """(first, last) timestamps of a job log."""
+    stamps = re.findall(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)\]", path.read_text(), re.M)
+    t = [datetime.strptime(s, "%Y-%m-%d %H:%M:%S,%f") for s in stamps]
+    return t[0], t[-1]
+
+
+@pytest.mark.slow
+def test_fused_groups_run_in_parallel_on_joblib_and_a_rerun_skips_them(tmp_path):
+    """The issue's command, on small data: two groups of 4 train at the same time, 8 normal run dirs."""
+    out = tmp_path / "s"
+    args = ["-m", "experiment=hw6/synth_kernels", "seed=1,2,3,4,5,6,7,8", "data.n=200", "trainer.epochs=2",
+            "hydra.sweeper.fuse=true", "hydra.sweeper.max_group=4", "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={out}"]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = r.stdout + r.stderr
+    assert "fused: 8 job(s) train as 2 unit(s) (2 group(s) of 4, 4)" in text
+    dirs = sorted(p for p in out.iterdir() if p.is_dir())
+    assert [d.name for d in dirs] == [str(i) for i in range(8)]
+    groups = set()
+    for d in dirs:  # each member: its own .hydra/, log and files, as a separate run leaves them
+        assert {p.name for p in (d / ".hydra").iterdir()} == {"config.yaml", "hydra.yaml", "overrides.yaml"}
+        assert (d / "expkit.log").exists() and (d / "metrics.csv").exists() and (d / "model.pt").exists()
+        s = json.loads((d / "summary.json").read_text())
+        assert s["status"] == "completed" and s["group_size"] == 4 and d.name in s["fused_with"]
+        seed = int(yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text())[0].split("=")[1])
+        assert s["config"]["seed"] == seed
+        groups.add(tuple(s["fused_with"]))
+    assert len(groups) == 2
+    (a, b) = [log_span(out / g[0] / "expkit.log") for g in groups]
+    assert a[0] < b[1] and b[0] < a[1], (a, b)  # the two groups' jobs overlapped in time
+    table = pd.read_csv(out / "results.csv")
+    assert len(table) == 8 and set(table.status) == {"completed"}
+
+    again = run_cli(*args)
+    assert again.returncode == 0 and "sweep: 8 job(s), 0 to run" in again.stdout + again.stderr
+
+
+def test_the_fused_launcher_under_a_sweeper_that_cannot_fuse_stops_with_one_line(tmp_path):
+    r = run_cli("-m", "hydra/sweeper=basic", "hydra/launcher=fused", "seed=1,2", "trainer.epochs=1",
+                f"hydra.sweep.dir={tmp_path / 's'}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: hydra/launcher=fused needs expkit's sweeper")
+    assert not list((tmp_path / "s").glob("*/summary.json"))
