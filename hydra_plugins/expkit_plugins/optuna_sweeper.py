@@ -16,6 +16,11 @@ The objective is the run's best validation accuracy (the test set never steers t
 failed or diverged run is a FAIL trial, and the search goes on. The sweep dir gets the usual
 results table, `optuna_trials.csv` (every trial of the study, with its state) and
 `optimization_results.yaml` (the best params and value).
+
+`hydra.sweeper.fuse=true` (or the `hydra/launcher=fused` shorthand) fuses each batch of n_jobs
+trials as the grid sweeper fuses its batches (fusing.launch_batch): trials that differ only in seed,
+lr, weight decay or momentum train as one group job (at most `max_group` each), every trial still in
+its own run dir with its trial file, reporting to and told from its own summary.json.
 """
 import json
 import logging
@@ -31,6 +36,7 @@ from omegaconf import OmegaConf
 
 from expkit.errors import UserError
 from expkit.hpo import TRIAL_FILE, quiet_optuna
+from hydra_plugins.expkit_plugins.fusing import fuses, launch_batch
 from hydra_plugins.expkit_plugins.sweeper import _key, declare_job_counter, job_counter, record_lost_jobs, value_str
 
 log = logging.getLogger(__name__)
@@ -45,6 +51,8 @@ class OptunaSweeperConf:
     storage: Optional[str] = None     # default: sqlite:///<sweep dir>/optuna.db
     n_trials: int = 20                # the study's total, trials from earlier sweeps included
     n_jobs: int = 1                   # trials asked and launched together (in parallel with hydra/launcher=joblib)
+    fuse: bool = False                # a batch's trials that differ only in seed/lr/wd/momentum train as one group job
+    max_group: Optional[int] = None   # trials per group (default: no bound; with GPUs, every GPU gets a group)
     sampler: Optional[Dict[str, Any]] = field(
         default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": None})
     pruner: Optional[Dict[str, Any]] = field(  # null: no pruning
@@ -105,12 +113,15 @@ def distributions(params: Dict[str, str], arguments: List[str], parser):
 
 class OptunaSweeper(Sweeper):
     def __init__(self, direction="maximize", study_name=None, storage=None, n_trials=20, n_jobs=1,
-                 sampler=None, pruner=None, params=None):
+                 sampler=None, pruner=None, params=None, fuse=False, max_group=None):
         if direction != "maximize":
             raise UserError(f"hydra.sweeper.direction={direction}: the objective is the best validation "
                             "accuracy, so only maximize is meaningful")
         if n_trials < 1 or n_jobs < 1:
             raise UserError(f"hydra.sweeper.n_trials ({n_trials}) and n_jobs ({n_jobs}) must be >= 1")
+        if max_group is not None and max_group < 1:
+            raise UserError(f"hydra.sweeper.max_group must be >= 1, got {max_group}")
+        self.fuse, self.max_group = fuse, max_group
         self.study_name, self.storage, self.n_trials, self.n_jobs = study_name, storage, n_trials, n_jobs
         self.sampler = OmegaConf.to_container(sampler) if sampler is not None else None
         self.pruner = OmegaConf.to_container(pruner) if pruner is not None else None
@@ -129,6 +140,7 @@ class OptunaSweeper(Sweeper):
         declare_job_counter(config)
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
+        self.fuse = fuses(self.launcher, self.fuse)
         __import__("expkit.scheduler").scheduler.watch_slurm_jobs(config.hydra.launcher.get("_target_"))
 
     def sweep(self, arguments: List[str]) -> Any:
@@ -227,6 +239,8 @@ class OptunaSweeper(Sweeper):
         for key, dist in space.items():
             print(f"  {key}: {describe(dist)}")
         print(f"fixed: {' '.join(fixed) or '-'}\nsampler: {built(self.sampler)}\npruner: {built(self.pruner)}")
+        print("fused: " + (f"each batch of {self.n_jobs} trial(s), groups of at most {self.max_group or 'any size'}"
+                           if self.fuse else "no (hydra.sweeper.fuse=true fuses each batch's fusible trials)"))
 
     def _launch(self, batch, fixed, storage, name, sweep_dir, launched, todo):
         """Run a batch of asked trials as jobs, each in its own run dir with its trial file."""
@@ -241,7 +255,7 @@ class OptunaSweeper(Sweeper):
             jobs.append(fixed + self._assignments(trial.params) +
                         [f"hydra.sweep.subdir={job_dir.name}", job_counter(launched + k + 1, todo)])
         try:
-            return self.launcher.launch(jobs, initial_job_idx=launched)
+            return launch_batch(self, jobs, launched)  # fused or not, as the grid sweeper's batches
         except Exception as ex:  # the launcher itself died: those trials fail, the study goes on
             record_lost_jobs(sweep_dir, [(j, Path(t.user_attrs["dir"]).name, None) for j, t in zip(jobs, batch)], ex)
             return None
