@@ -110,8 +110,6 @@ def not_fusible(cfg):
 
     if model_kind(cfg.model.name) != "torch":
         return f"model={cfg.model.name} is an estimator (fitted once, not trained by steps)"
-    if cfg.trainer.compile:
-        return "trainer.compile=true (compiled runs are not fused)"
     if cfg.trainer.precision == "fp16-mixed":
         return "trainer.precision=fp16-mixed (its loss scaling is per run: not fused)"
     return None

@@ -7,7 +7,6 @@ member's lr / weight decay / momentum. The optimizer state travels per member in
 parameter names and shapes (member_opt_state), so a member leaving the group, or a checkpoint
 written at one K and resumed at another, reads it exactly. `Scaler` is fp16-mixed's loss scaling.
 """
-import math
 
 import numpy as np
 import torch
@@ -161,21 +160,12 @@ class Stack:
                 torch._fused_adam_(params, grads, m, v, [], [self.t_now] * len(params), lr=lr, beta1=BETAS[0],
                                    beta2=BETAS[1], weight_decay=wd, eps=EPS, amsgrad=False, maximize=False)
             return
-        g = self.grad + self.flat * self.wd if self.any_wd else self.grad
-        if self.opt_name == "sgd":
-            if self.any_mom:  # the buffer starts at 0, so step 1 gives torch's buf = grad
-                g = self.state[0].mul_(self.mom).add_(g)
-            self.flat.sub_(g * self.lr)
-            return
-        (b1, b2), (m, v) = BETAS, self.state
-        m.lerp_(g, 1 - b1)
-        v.mul_(b2).addcmul_(g, g, value=1 - b2)
-        denom = (v.sqrt() / math.sqrt(1 - b2 ** self.t)).add_(EPS)
-        self.flat.addcdiv_(m * self.lr, denom, value=-1 / (1 - b1 ** self.t))
+        update(self, self.flat, self.grad, self.state, self.t)
 
-    def __call__(self, xb, per_member):
+    def __call__(self, xb, per_member, forward=None):
         """xb: [K, B, ...] per-member inputs (per_member) or [B, ...] shared by all -> logits [B, K, C]
-        (member k's logits at [:, k]; with K > 1 a transposed view of the stack's member-major [K, B, C])."""
+        (member k's logits at [:, k]; with K > 1 a transposed view of the stack's member-major [K, B, C]).
+        forward: the net's forward (default self.net; the compiled step passes a functional call)."""
         if self.k == 1:
             x = xb[0] if per_member else xb
         elif self.layout == CHANNELS:  # [B, K*C, ...]
@@ -184,7 +174,7 @@ class Stack:
             x = interleave(xb) if per_member else xb.repeat(self.k, *[1] * (xb.dim() - 1))
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = self.net(x)
+        out = (forward or self.net)(x)
         if self.k == 1 or self.layout == CHANNELS:
             return out.view(out.shape[0], self.k, -1)
         return out.view(self.k, out.shape[0] // self.k, -1).transpose(0, 1)
@@ -195,6 +185,23 @@ class Stack:
             if self.k > 1:
                 m.model.load_state_dict(unstack(self.net, j, m.model))
             m.opt_state = self.member_opt_state(j)
+
+
+def update(run, flat, grad, state, t):
+    """One optimizer step on flat tensors, in place: torch's Adam (L2 weight decay) / SGD (momentum, no
+    dampening) with `run`'s per-element lr / weight decay / momentum; t (an int, or a tensor in the
+    compiled step) is the step's number. The eager step's formula and the compiled step's are this one."""
+    g = grad + flat * run.wd if run.any_wd else grad
+    if run.opt_name == "sgd":
+        if run.any_mom:  # the buffer starts at 0, so step 1 gives torch's buf = grad
+            g = state[0].mul_(run.mom).add_(g)
+        flat.sub_(g * run.lr)
+        return
+    (b1, b2), (m, v) = BETAS, state
+    m.lerp_(g, 1 - b1)
+    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    denom = (v.sqrt() / (1 - b2 ** t) ** 0.5).add_(EPS)
+    flat.sub_((m * run.lr).div_(denom).div_(1 - b1 ** t))
 
 
 def _view(flat, shape, nhwc):

@@ -24,6 +24,7 @@ from expkit import preempt
 from expkit.errors import require
 from expkit.trainers import History, checkpoint
 from expkit.trainers.checkpoint import CHECKPOINT
+from expkit.trainers.compiled import Fallback
 from expkit.trainers.progress import Progress
 from expkit.trainers.stacked import Scaler, Stack, has_batchnorm
 
@@ -127,7 +128,6 @@ def fit(members, splits, device, precision="fp32", started=None):
     batchnorm = has_batchnorm(members[0].model)
     require(not (batchnorm and min(t_cfg.batch_size, n) == 1),
             "BatchNorm cannot train on a batch of one sample: use trainer.batch_size >= 2 or model.batchnorm=false")
-    require(not (t_cfg.compile and len(members) > 1), "trainer.compile=true runs alone (it is never fused)")
     require(not (precision == "fp16-mixed" and len(members) > 1), "fp16-mixed runs alone (it is never fused)")
     loop = Loop(members[0].cfg, splits, device, batchnorm, precision)
     for m in members:
@@ -152,6 +152,8 @@ def fit(members, splits, device, precision="fp32", started=None):
         m.hist.test_probs = probs[:, 0]
         m.model.to("cpu")
         loop.charge([m])  # its own final evaluation
+        if t_cfg.compile:
+            m.hist.extras["compile"] = loop.compile_summary()
         m.hist.train_s = sum(r["time_s"] for r in m.hist.rows)  # epochs only, earlier processes' included
     return [m.hist for m in members]
 
@@ -178,8 +180,19 @@ class Loop:
         self.home = home
         self.prepare, self.augment = splits.prepare, splits.augment
         self.channels_last = device.type == "cuda" and torch.as_tensor(splits.train.x).dim() == 4
-        self.compiled = None
+        self.compile = {}  # trainer.compile: graphs, compile_s, fallback, eager (why not compiled)
         self.mark = time.perf_counter()  # time up to here is charged (charge)
+
+    def compile_summary(self):
+        """What trainer.compile=true did: graphs compiled, seconds compiling (outside time_per_epoch_s),
+        a fallback to eager (why), or why the step stayed eager."""
+        from torch._dynamo.utils import counters
+
+        c = self.compile
+        graphs = counters["stats"]["unique_graphs"] - c["graphs_before"] if "graphs_before" in c else 0
+        return {"graphs": graphs, "compile_s": round(c.get("compile_s", 0.0), 3), "fallback": c.get("fallback"),
+                "eager": c.get("eager"), "last_batch": "eager (another shape)" if self.n_used % self.t.batch_size
+                else None}
 
     def charge(self, members):
         """The time since the last charge, divided among `members` (each member's wall_s is its share)."""
@@ -189,12 +202,21 @@ class Loop:
         self.mark = now
 
     def stack(self, members):
-        run = Stack(members, self.device, self.channels_last)
-        if self.t.compile:  # dynamic batch dim: the short last batch and the eval batches reuse one graph
-            if self.compiled is None:
-                self.compiled = torch.compile(run.net, dynamic=True)
-            run.net = self.compiled
-        return run
+        return Stack(members, self.device, self.channels_last)
+
+    def compiled_step(self, run):
+        """The stack's compiled step (trainer.compile=true), or None: eager, the reason logged once."""
+        from expkit.trainers.compiled import CompiledStep, eager_reason
+
+        if not self.t.compile or "fallback" in self.compile:
+            return None
+        why = eager_reason(self.t, self.scaler)
+        if why:
+            if "eager" not in self.compile:
+                log.info("trainer.compile=true, but the step stays eager: %s", why)
+            self.compile["eager"] = why
+            return None
+        return CompiledStep(run, loss_and_hits, self.compile)
 
     def evaluate(self, run, part, want_probs=False):
         x, y = self.data[part]
@@ -236,7 +258,9 @@ class Loop:
                 if run is not None:
                     run.write_back()
                 run = self.stack(active)
+                step = self.compiled_step(run)
             t0 = time.perf_counter()
+            compile_s = self.compile.get("compile_s", 0.0)
             k = run.k
             run.net.train()
             part = [m.partial for m in active] if active[0].partial else None  # resumed mid-epoch
@@ -277,25 +301,32 @@ class Loop:
                     xb = self.prepare(xb.flatten(0, 1)).unflatten(0, yb.shape)
                 if self.augment:
                     xb = torch.stack([self.augment(xb[j], m.draws) for j, m in enumerate(active)])
-                with self.autocast():
-                    out = run(xb, per_member=True)
-                loss, h = loss_and_hits(out, yb)
-                run.zero_grad()
-                total = loss.sum()  # members' graphs are disjoint: each gets its own gradient
-                (self.scaler.scale(total) if self.scaler else total).backward()
-                # fp16 overflow: the update is skipped and the loss scale halved (the loss still counts)
-                if not self.scaler or self.scaler.unscale(run.grad):
-                    if grad_layers:  # ||grad||^2 of each recorded layer's weight matrix, and of its bias apart
-                        grad_sq += _grad_sq(run.net, grad_layers, k)
-                    run.step()
-                loss = loss.detach()
+                if step is not None and yb.shape[1] == bs:  # compiled: full batches (one shape, one graph)
+                    try:
+                        with self.autocast():
+                            loss, h = step(xb, yb)
+                    except Fallback:
+                        step = None
+                if step is None or yb.shape[1] != bs:
+                    with self.autocast():
+                        out = run(xb, per_member=True)
+                    loss, h = loss_and_hits(out, yb)
+                    run.zero_grad()
+                    total = loss.sum()  # members' graphs are disjoint: each gets its own gradient
+                    (self.scaler.scale(total) if self.scaler else total).backward()
+                    # fp16 overflow: the update is skipped and the loss scale halved (the loss still counts)
+                    if not self.scaler or self.scaler.unscale(run.grad):
+                        if grad_layers:  # ||grad||^2 of each recorded layer's weight matrix, and of its bias apart
+                            grad_sq += _grad_sq(run.net, grad_layers, k)
+                        run.step()
+                    loss = loss.detach()
                 loss_sum += loss * yb.shape[1]
                 hits += h
                 if t.record_steps:
                     step_losses[:, i] = loss
                 bar.update(i)
             ev = {p: self.evaluate(run, p) for p in ("val", "test")}
-            dt = time.perf_counter() - t0
+            dt = time.perf_counter() - t0 - (self.compile.get("compile_s", 0.0) - compile_s)  # epochs only
             sums, counts = loss_sum.tolist(), hits.tolist()
             for j, m in enumerate(active):
                 row = {"epoch": epoch + 1, "train_loss": sums[j] / self.n_used, "train_acc": counts[j] / self.n_used}

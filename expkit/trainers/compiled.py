@@ -1,0 +1,89 @@
+"""trainer.compile=true: the whole training step (forward, loss, backward, optimizer update) as one
+compiled function of the stack's tensors, for K >= 1 members (a fused group compiles as one step).
+
+The step is a pure function of (flat parameters, optimizer state, BatchNorm buffers, batch, step
+number): gradients come from torch.func.grad of the members' summed loss of
+torch.func.functional_call(net, (parameters as views of the flat, buffers)); BatchNorm updates its
+running statistics in the buffers passed in; the update is stacked.update, the eager step's own
+formula, applied in place to the flat and state tensors the eager step uses. Everything the step
+mutates is an input, and every hyper-parameter is a tensor (a Python number would be a guarded
+constant: each new value a recompile), so one graph serves a whole run: torch.compile with
+fullgraph=True, dynamic=False. A stack of another K (a member left) compiles once more.
+
+Not compiled, with the reason in the log: the short last batch of an epoch (another shape: it
+takes the eager step, one step an epoch), evaluation (forward only, eager), runs that record
+gradient norms (trainer.grad_layers) and fp16-mixed (its loss scaling skips steps). If compiling
+fails, the run goes on eager and summary.json says why (`compile.fallback`).
+"""
+import logging
+import time
+
+import torch
+from torch.func import functional_call, grad
+
+from expkit.trainers.stacked import _view, update
+
+log = logging.getLogger(__name__)
+
+
+class CompiledStep:
+    """The compiled step of one Stack: call(xb, yb) -> (per-member mean loss [K], hits [K])."""
+
+    def __init__(self, run, loss_and_hits, stats):
+        from torch._dynamo.utils import counters
+
+        self.run, self.stats, self.counters = run, stats, counters
+        net = run.net
+        trainable = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+        names = [n for n, _ in trainable]
+        shapes = [p.shape for _, p in trainable]
+        sizes = [p.numel() for _, p in trainable]
+        frozen = {n: p for n, p in net.named_parameters() if not p.requires_grad}
+        self.buffers = dict(net.named_buffers())
+        self.t = torch.zeros((), device=run.flat.device)
+
+        def loss_of(flat, buffers, xb, yb):
+            params = {n: _view(v, s, c) for n, v, s, c in zip(names, flat.split(sizes), shapes, run.nhwc)}
+            out = run(xb, per_member=True, forward=lambda x: functional_call(net, ({**params, **frozen}, buffers), (x,)))
+            loss, hits = loss_and_hits(out, yb)
+            return loss.sum(), (loss.detach(), hits)
+
+        def step(flat, state, buffers, xb, yb, t):
+            g, (loss, hits) = grad(loss_of, has_aux=True)(flat, buffers, xb, yb)
+            update(run, flat, g, state, t)
+            return loss, hits
+
+        self.fn = torch.compile(step, fullgraph=True, dynamic=False)
+
+    def __call__(self, xb, yb):
+        run = self.run
+        run.t += 1
+        self.t.fill_(run.t)
+        first = self.stats.get("graphs_before") is None
+        if first:
+            self.stats["graphs_before"] = self.counters["stats"]["unique_graphs"]
+        t0 = time.perf_counter()
+        try:
+            out = self.fn(run.flat, run.state, self.buffers, xb, yb, self.t)
+        except Exception as ex:  # a graph break or a compiler error: say so, train on eagerly
+            run.t -= 1
+            self.stats["fallback"] = f"{type(ex).__name__}: {str(ex).splitlines()[0][:300] if str(ex) else ''}"
+            log.warning("trainer.compile: the step could not be compiled (%s); training eagerly",
+                        self.stats["fallback"])
+            raise Fallback() from None
+        if first:
+            self.stats["compile_s"] = self.stats.get("compile_s", 0.0) + time.perf_counter() - t0
+        return out
+
+
+class Fallback(Exception):
+    """The compiled step failed: the loop trains on eagerly."""
+
+
+def eager_reason(t_cfg, scaler):
+    """Why a run with trainer.compile=true keeps the eager step, or None."""
+    if t_cfg.grad_layers:
+        return "trainer.grad_layers records each layer's gradient norm, which the compiled step does not return"
+    if scaler is not None:
+        return "fp16-mixed skips the steps whose gradient overflowed, a branch the compiled step does not take"
+    return None
