@@ -16,24 +16,43 @@ import threading
 
 log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
-_state = {"signal": None, "previous": {}}
+_state = {"signal": None, "previous": {}, "at_steps": True}
 
 
-class Preempted(BaseException):
-    """The job stopped at a scheduler's request after saving its checkpoint. Not an Exception: no
-    sweep records it as a failure, and nothing after it runs."""
+class Preempted(SystemExit):
+    """The job stopped at a scheduler's request after saving its checkpoint. A SystemExit with code
+    143 (128 + SIGTERM), not an Exception: no sweep records it as a failure, nothing after it runs,
+    and a process that does not catch it (submitit's job process under SLURM) exits 143 without a
+    traceback. str() is where it stopped."""
+
+    def __init__(self, where):
+        super().__init__(143)
+        self.where = where
+
+    def __str__(self):
+        return self.where
 
 
 def _flag(signum, frame):
+    name = signal.Signals(signum).name
+    if not _state["at_steps"]:  # nothing will check the flag (an estimator's fit): act now, as without expkit
+        os.write(2, f"expkit: {name} received: this job cannot stop at a step boundary; stopping now\n".encode())
+        previous = _state["previous"].get(signum)
+        if signum == signal.SIGUSR2 and callable(previous):
+            previous(signum, frame)  # submitit: requeue (counts toward max_num_timeout), exit
+        raise Preempted(f"{name}: stopped without a checkpoint")
     _state["signal"] = signum
     # no logging in a signal handler (its lock may be held by the interrupted code): one raw line
-    os.write(2, f"expkit: {signal.Signals(signum).name} received: stopping at the next step boundary\n".encode())
+    os.write(2, f"expkit: {name} received: stopping at the next step boundary\n".encode())
 
 
-def install():
-    """Route SIGTERM and SIGUSR2 to the flag (main thread only, where Python runs handlers)."""
+def install(at_steps=True):
+    """Route SIGTERM and SIGUSR2 to the flag (main thread only, where Python runs handlers).
+    `at_steps=False`: this job has no loop that checks `requested()` (an estimator): a signal stops
+    it at once instead (SIGUSR2 through the handler it replaced, submitit's requeue)."""
     if threading.current_thread() is not threading.main_thread():
         return False
+    _state["at_steps"] = at_steps
     for sig in SIGNALS:
         previous = signal.signal(sig, _flag)
         if previous is not _flag:
