@@ -10,4 +10,6 @@ Imports go one way (tests/test_imports.py checks it, imports inside functions in
     kinds.py      imports the kind modules (filling PLOTS) and draw(spec, ...) runs one
     aggregate.py  results tables -> tables; build_report draws via kinds (imported when it draws),
                   so the tables never load matplotlib
+    choice.py     the sweep's choice (best.json), its closing lines, outputs/<name>/latest -> tables,
+                  aggregate
 """

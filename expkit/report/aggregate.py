@@ -324,7 +324,11 @@ def write_table(root, roots=None, out=None):
         return df
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
-    atomic_write(out / "results.md", lambda tmp: tmp.write_text(to_markdown(df)))
+    md = to_markdown(df)
+    if "status" in df and (df.status == "pruned").any():  # where the pruned jobs stopped, and what it saved
+        counts = member_epochs(roots or [root])
+        md += f"\n{member_epochs_line(counts)} (epochs_run: where each job stopped)\n" if counts else ""
+    atomic_write(out / "results.md", lambda tmp: tmp.write_text(md))
     if seed_varies(df):
         table, md = by_config(df), by_config_markdown(df)
         atomic_write(out / "results_by_config.csv", lambda tmp: table.to_csv(tmp, index=False))
@@ -333,6 +337,33 @@ def write_table(root, roots=None, out=None):
         for f in ("results_by_config.csv", "results_by_config.md"):
             (out / f).unlink(missing_ok=True)
     return df
+
+
+def member_epochs(roots):
+    """(epochs trained, epochs the full grid trains, {epochs run: pruned jobs}) over the jobs of one or
+    more sweep dirs: each job's epochs_run against its trainer.epochs. None without such a job."""
+    trained = full = 0
+    stopped = {}
+    for root in [roots] if isinstance(roots, (str, Path)) else roots:
+        for d in job_dirs(Path(root)):
+            s = _summary(d)
+            planned = JobConfig(d, s).value("trainer.epochs")
+            if not isinstance(planned, (int, float)) or isinstance(planned, bool):
+                continue
+            ran = int(s.get("epochs_run") or 0)
+            full += int(planned)
+            trained += ran
+            if s.get("status") == "pruned":
+                stopped[ran] = stopped.get(ran, 0) + 1
+    return (trained, full, dict(sorted(stopped.items()))) if full else None
+
+
+def member_epochs_line(counts):
+    """'member-epochs trained: 63 of the full grid's 243 (26%); pruned: 18 after epoch 1, 6 after epoch 3'."""
+    trained, full, stopped = counts
+    where = ", ".join(f"{n} after epoch {e}" for e, n in stopped.items())
+    return (f"member-epochs trained: {trained} of the full grid's {full} ({trained / full:.0%})"
+            + (f"; pruned: {where}" if where else ""))
 
 
 def plots_config(root: Path):

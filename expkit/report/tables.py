@@ -85,9 +85,20 @@ def to_markdown(df):
     return "\n".join(lines) + "\n"
 
 
+def _status_labels(g):
+    """Each job's status as the terminal table shows it: a pruned job with the epoch it stopped after
+    (`pruned@2`)."""
+    if "epochs_run" not in g:
+        return g.status
+    return pd.Series([f"{s}@{int(e)}" if s == "pruned" and not missing(e) else str(s)
+                      for s, e in zip(g.status, g.epochs_run)], index=g.index)
+
+
 def terminal_table(df, width=120):
-    """The compact end-of-sweep summary: swept keys, status, val and test accuracy, time; best
-    first by val accuracy; with seeds swept, one line per configuration with mean ± std and n."""
+    """The compact end-of-sweep summary: swept keys, status (a pruned job with the epoch it stopped after),
+    final val and test accuracy, time; best first by the mean best-epoch val accuracy (the sweep's choice,
+    best.json), else by final val accuracy; with seeds swept, one line per configuration with mean ± std
+    and n."""
     if df is None or not len(df):
         return "(no jobs)"
     keys = config_keys(df)
@@ -95,11 +106,13 @@ def terminal_table(df, width=120):
     for vals, idx in config_groups(df, keys):
         g = df.loc[idx]
         ok = g[g.status.isin(OK)]
-        status = ",".join(f"{s}" + (f" x{c}" if c > 1 else "") for s, c in g.status.value_counts().items())
+        status = ",".join(f"{s}" + (f" x{c}" if c > 1 else "") for s, c in _status_labels(g).value_counts().items())
         stats = {m: _mean_std(_finite(ok[m])) if m in ok else (np.nan, np.nan)
-                 for m in ("val_acc", "test_acc", "wall_time_s")}
+                 for m in ("val_acc", "test_acc", "wall_time_s", "best_val_acc")}
         rows.append(([str(g[k].iloc[0]) for k in keys], status, len(ok), stats))
-    rows.sort(key=lambda r: -(r[3]["val_acc"][0] if r[3]["val_acc"][0] == r[3]["val_acc"][0] else -1))
+    # best first by the sweep's choice (best.json: the mean best-epoch val accuracy), else by final val accuracy
+    rank = "best_val_acc" if "best_val_acc" in df else "val_acc"
+    rows.sort(key=lambda r: -(r[3][rank][0] if r[3][rank][0] == r[3][rank][0] else -1))
     seeds = seed_varies(df)
     head = keys + ["status"] + (["n"] if seeds else []) + ["val_acc", "test_acc", "time_s"]
     table = [head] + [vals + [status] + ([str(n)] if seeds else []) +

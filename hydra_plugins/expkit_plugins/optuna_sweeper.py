@@ -199,6 +199,9 @@ class OptunaSweeper(Sweeper):
                         study.tell(trial, state=optuna.trial.TrialState.FAIL)
             launched += len(batch)
         _write_results(study, sweep_dir)
+        from expkit.report.choice import close_sweep  # best.json, outputs/<name>/latest, the command to resume
+
+        print(close_sweep(sweep_dir), flush=True)
         mark_failed_jobs(failed)
         return returns
 

@@ -365,6 +365,10 @@ class ExpkitSweeper(Sweeper):
             msg = f"sweep done: {jobs_total} job(s) in {len(studies)} studies, {failed} failed" + \
                 (f"; tables: {root}/<study>/results.md, merged {root / 'results.md'}" if tables else "")
         (log.warning if failed else log.info)(msg)
+        if tables:  # best.json per study, outputs/<name>/latest, and the command that re-runs this sweep in place
+            from expkit.report.choice import close_sweep
+
+            print(close_sweep(root, [s[0] for s in studies]), flush=True)
         if unrecorded:  # as Hydra's own sweepers do, once every job has run: the first such job's error
             d, first = unrecorded[0]
             log.error("%d job(s) failed without an expkit record; the first (%s) raises", len(unrecorded), d)
