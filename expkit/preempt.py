@@ -8,6 +8,17 @@ checkpoint with the epoch's batch order and running sums (trainers/checkpoint.py
 `stop()`, which hands SIGUSR2 to the handler it replaced (submitit's: requeue the job, so that
 `max_num_timeout` counts) and otherwise raises `Preempted` (SLURM requeues a preempted job
 itself). The restarted job resumes from that step and ends as an uninterrupted run would.
+
+Under SLURM + submitit (tested on a real cluster: tests/test_slurm.py): slurmstepd signals the job
+step's tasks, so the Python process gets SIGTERM and SIGUSR2 itself, not only srun. submitit's
+process_job installs its handlers (SIGTERM/SIGCONT: log and ignore; SIGUSR2: checkpoint_and_try_
+requeue) before it runs Hydra's launcher call, so these, installed by run_job, come after and win;
+SIGCONT stays submitit's. On SIGUSR2 submitit's handler calls Hydra's BaseSubmititLauncher.checkpoint
+(the same call again: it resumes from expkit's checkpoint), `scontrol requeue`s the job and
+sys.exit(-1)s, or raises UncompletedJobError once max_num_timeout is spent (an Exception: the job
+becomes a failed row, its checkpoint kept). Preempted is a SystemExit(143): submitit's job process
+does not catch it, so the job exits 143 without a traceback, and SLURM requeues it if it was
+preempted or requeued.
 """
 import logging
 import os

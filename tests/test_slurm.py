@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -411,3 +412,67 @@ def test_scheduler_info_comes_from_slurms_environment(tmp_path):
     if "stdout" in info:  # submitit installed: the log files it gives this array task
         assert info["stdout"] == str(tmp_path / "104_3" / "104_3_0_log.out")
         assert info["stderr"] == str(tmp_path / "104_3" / "104_3_0_log.err")
+
+
+def test_a_job_that_cannot_stop_at_a_step_stops_at_once():
+    """install(at_steps=False) (an estimator's fit: no loop checks the flag): SIGUSR2 goes straight to the
+    handler it replaced (submitit's requeue) and SIGTERM stops the job, as they would without expkit."""
+    from expkit import preempt
+
+    called = []
+    old = {s: signal.getsignal(s) for s in preempt.SIGNALS}
+    try:
+        signal.signal(signal.SIGUSR2, lambda s, f: called.append(s))
+        assert preempt.install(at_steps=False)
+        for sig in preempt.SIGNALS:
+            with pytest.raises(preempt.Preempted) as stopped:
+                os.kill(os.getpid(), sig)
+                time.sleep(1)
+            assert stopped.value.code == 143 and "stopped without a checkpoint" in str(stopped.value)
+        assert called == [signal.SIGUSR2] and not preempt.requested()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        preempt._state["previous"].clear()
+        preempt._state["at_steps"] = True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("EXPKIT_SLURM_TIME_LIMIT"),
+                    reason="SLURM's own time-limit warning: 3-4 minutes (EXPKIT_SLURM_TIME_LIMIT=1 runs it)")
+def test_slurms_own_time_limit_warning_requeues_and_the_job_ends_equal(cluster, uninterrupted, tmp_path):
+    """No signal from the test: hydra.launcher.timeout_min=1 and signal_delay_s=5 on a job sized from this
+    machine's speed to train about a minute. SLURM sends USR2 at its first 30-s time-limit check with
+    <= 35 s left: 25-55 s into the first run, and about 45 s into each requeued one (which starts ~15 s
+    after a check), so every run trains 15-45 s and the job needs 1-3 requeues (max_num_timeout=6 here:
+    the preset's 3 could run out on a slow, busy machine). Each run checkpoints, submitit counts a
+    time-out and requeues it; the job ends exactly as an uninterrupted run."""
+    speed = pd.read_csv(uninterrupted.dir("seed1") / "metrics.csv").time_s.median()
+    epochs = max(150, int(60 / speed))
+    args = [f"trainer.epochs={epochs}", "trainer.batch_size=8", "trainer.checkpoint_every_s=3600",
+            f"data.root={uninterrupted.data}", "seed=1"]
+    out = tmp_path / "sweep"
+    t0 = time.monotonic()
+    p = _popen("-m", *args, *LAUNCH, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=5",
+               "hydra.launcher.max_num_timeout=6", f"hydra.sweep.dir={out}")
+    ref = subprocess.Popen([sys.executable, "train.py", *args, f"hydra.run.dir={tmp_path / 'ref'}"], cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        log, _ = p.communicate(timeout=600)
+        assert ref.wait(timeout=300) == 0
+    finally:
+        p.kill()
+        ref.kill()
+    assert p.returncode == 0, log[-3000:]
+    jl = (out / "0" / "expkit.log").read_text()
+    stops = [(int(e), int(s)) for sig, e, s, n in STOP.findall(jl) if sig == "SIGUSR2"]
+    resumes = [(int(e), int(s)) for d, e, s in RESUME.findall(jl)]
+    assert 1 <= len(stops) and stops == resumes, jl[-3000:]
+    assert jl.count("this job is timed-out") == len(stops) and "Job not requeued" not in jl
+    s = json.loads((out / "0" / "summary.json").read_text())
+    assert s["status"] == "completed" and s["scheduler"]["restarts"] == len(stops)
+    _no_traceback(s)
+    _same_metrics(out / "0", tmp_path / "ref")
+    starts = re.findall(r"\((\S+ \S+)\) - Starting with", open(s["scheduler"]["stdout"]).read())
+    signals = re.findall(r"\[(\S+ \S+)\]\[expkit.preempt\]", jl)
+    print(f"\n{epochs} epochs; runs started {starts}; SIGUSR2 at {signals}; {time.monotonic() - t0:.0f} s in all")
