@@ -274,7 +274,7 @@ def _train_and_finish(cfgs, run_dirs, overrides, todo, summaries, splits, built,
     # where and in what precision: from the model that trains (a probe's backbone runs on the same)
     device, why = pick_device(first.trainer.device, nets[0] if probe is None else probe[0])
     precision, why_p = pick_precision(first.trainer.precision, device, nets[0] if probe is None else probe[0])
-    set_determinism(first.trainer.deterministic, device)
+    kernels = set_determinism(first.trainer.deterministic, device)  # TF32 off, cudnn.benchmark: recorded
     log.info("device %s (%s); precision %s (%s)%s", device, why, precision, why_p,
              "; deterministic kernels" if first.trainer.deterministic else "")
     if probe is not None:  # a linear probe: the inputs become cached frozen features, only the head trains
@@ -312,6 +312,9 @@ def _train_and_finish(cfgs, run_dirs, overrides, todo, summaries, splits, built,
             hist.extras.update(fused_with=[run_dirs[j].name for j in todo], group_size=len(todo),
                                group_wall_time_s=group_wall)
         hist.extras["precision"] = precision
+        hist.extras["kernels"] = kernels
+        if splits.extras.get("features"):  # a torch linear probe: where and how its features were computed
+            hist.extras.setdefault("features", splits.extras["features"])
         if slot is not None:  # the box's GPU (its CUDA_VISIBLE_DEVICES id) this job was placed on
             hist.extras["gpu_slot"] = slot.device_id
         try:
