@@ -14,6 +14,7 @@ from typing import Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.errors import CompactHydraException
 from hydra.plugins.launcher import Launcher
 from omegaconf import open_dict
 
@@ -30,6 +31,11 @@ class FusedLauncherConf:
 ConfigStore.instance().store(group="hydra/launcher", name="fused", node=FusedLauncherConf, provider="expkit")
 
 
+class NotFusingSweeper(UserError, CompactHydraException):
+    """One line, whichever app runs it: expkit's entrypoint prints `error: ...` (exit 2), a plain Hydra
+    app's handler prints a CompactHydraException's message alone."""
+
+
 class FusedLauncher(Launcher):
     fusing_sweeper = False  # set by expkit's sweepers, which group the jobs before they reach a launcher
 
@@ -38,7 +44,7 @@ class FusedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         if not self.fusing_sweeper:
-            raise UserError("hydra/launcher=fused needs expkit's sweeper (hydra/sweeper=expkit or optuna), which "
+            raise NotFusingSweeper("hydra/launcher=fused needs expkit's sweeper (hydra/sweeper=expkit or optuna), which "
                             "groups the jobs; this sweeper would run every job unfused")
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
