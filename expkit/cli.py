@@ -30,9 +30,11 @@ def sweep_preview_argv(argv):
 
 
 def register_plugins():
-    """expkit's sweeper and fused launcher register their configs on import. Hydra finds plugins by
-    scanning the hydra_plugins namespace, which an editable install's import hook hides: import
-    them by name so they are there however expkit was installed."""
+    """expkit's sweepers and fused launcher register their configs on import. Hydra finds them by
+    scanning the hydra_plugins namespace (any Hydra app: setup.py keeps every install path-based, an
+    editable one a static .pth); expkit's entrypoints also import and register them by name, so they
+    are there even where an install hides the namespace (setuptools' import-hook editable mode, an old
+    install of this checkout), and so that hydra/sweeper=optuna is expkit's own."""
     from hydra.core.plugins import Plugins
 
     from expkit.config import register_schemas
