@@ -524,7 +524,7 @@ class ExpkitSweeper(Sweeper):
         for i in range(0, len(todo), n):
             batch = todo[i:i + n]
             try:
-                returns.append(launch_batch(self, [j for j, *_ in batch], idx))
+                returns.append(launch_batch(self, [j for j, *_ in batch], idx, [c for *_, c in batch]))
             except Exception as ex:  # the launcher itself died (e.g. a killed worker): record, go on
                 record_lost_jobs(sweep_dir, [b for b in batch if b[1] is not None], ex)
             idx += len(batch)
