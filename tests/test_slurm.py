@@ -1,6 +1,8 @@
 """Sweeps on a real one-node SLURM cluster (scripts/slurm_local.sh): hydra/launcher=slurm
 submits through sbatch, jobs record their SLURM job in summary.json, a failed job is a failed row,
-scancel + the same command again resumes, a requeued job restarts and resumes.
+scancel + the same command again resumes; preemption (`scontrol requeue`) and a time limit's SIGUSR2
+stop a job, and a fused group, at the next step with a checkpoint, SLURM or submitit runs it again
+and it ends exactly as an uninterrupted run (expkit/preempt.py).
 
 Needs root and Debian's slurm-wlm and munge (.ci/run installs them); skipped otherwise, with the
 reason. The cluster is started once per session and stopped at the end if this session started
@@ -54,7 +56,8 @@ def slurm_cluster():
     if why:
         pytest.skip(why)
     was_running = _script("status").returncode == 0
-    r = _script("start", env={"EXPKIT_SLURM_KILL_WAIT": str(KILL_WAIT)})
+    # requeued jobs run again within seconds: cred_expire=10 (+ sched_interval=1, the script's)
+    r = _script("start", env={"EXPKIT_SLURM_KILL_WAIT": str(KILL_WAIT), "EXPKIT_SLURM_CRED_EXPIRE": "10"})
     if r.returncode == 2:  # this machine has a SLURM of its own: never touched
         pytest.skip((r.stderr.strip().splitlines() or ["refused"])[-1])
     assert r.returncode == 0, r.stdout + r.stderr
