@@ -79,7 +79,8 @@ def test_a_plain_hydra_app_finds_expkits_plugins_by_itself(tmp_path):
                        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert r.returncode == 0, r.stderr[-2000:]
     found, runner = r.stdout.splitlines()
-    assert {"ExpkitSweeper", "OptunaSweeper", "FusedLauncher"} <= set(ast.literal_eval(found))
+    assert {"ExpkitSweeper", "OptunaSweeper", "FusedLauncher"} <= set(ast.literal_eval(found)), \
+        f"Hydra's scan found {found}: an install from before setup.py's layout? pip install -e ."
     assert runner == "False"  # the scan loads no training code (torch and friends)
 
 

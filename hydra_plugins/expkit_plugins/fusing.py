@@ -195,11 +195,13 @@ def with_hydra_overrides(config, overrides):
 
     config = copy.deepcopy(config)
     parser = OverridesParser.create()
+    # unresolved: an override may hold an interpolation only the job resolves (subdir=x_${hydra.job.num})
+    given = OmegaConf.to_container(config.hydra.overrides.hydra, resolve=False)
     with read_write(config), open_dict(config):
         for text in overrides:
             o = parser.parse_overrides([text])[0]
             key = o.get_key_element().lstrip("+~")
-            if key.startswith("hydra.") and text not in config.hydra.overrides.hydra:
+            if key.startswith("hydra.") and text not in given:
                 OmegaConf.update(config, key, o.value(), force_add=True)
                 config.hydra.overrides.hydra.append(text)
     return config
