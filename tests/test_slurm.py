@@ -147,11 +147,16 @@ def test_the_issue_sweep_runs_on_slurm_and_each_row_names_its_job(cluster, count
 
 @pytest.mark.slow
 def test_a_failed_job_is_a_failed_row_and_the_sweep_exits_1(cluster, countries_root, tmp_path):
+    """Through Hydra's own hydra/launcher=submitit_slurm (not the preset): expkit's sweeper gives it the
+    squeue job watcher too (one line, no sacct warning per poll)."""
     out = tmp_path / "sweep"
     missing = tmp_path / "missing"  # fails in the job, on the node (an invalid value stops the sweep before)
-    r = run_cli("-m", f"data.root={countries_root},{missing}", "trainer.epochs=1", *LAUNCH,
+    plain = ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
+             "hydra.launcher.mem_gb=1"]
+    r = run_cli("-m", f"data.root={countries_root},{missing}", "trainer.epochs=1", *plain,
                 f"hydra.sweep.dir={out}", timeout=300)
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    _quiet(r.stdout + r.stderr)
     table = pd.read_csv(out / "results.csv")
     assert sorted(table.status) == ["completed", "failed"]
     assert "missing data file" in table.error[table.status == "failed"].iloc[0]
