@@ -5,7 +5,8 @@ job ran the run, on which node, after how many requeues, and where its log is, s
 be traced to the scheduler's records (`scontrol show job`, `sacct -j`, the log file).
 
 `watch_slurm_jobs()` runs in the process that submits a sweep (hydra/launcher=slurm calls it
-through `SlurmCallback`, a Hydra callback in conf/hydra/launcher/slurm.yaml). submitit learns job
+through `SlurmCallback`, a Hydra callback in conf/hydra/launcher/slurm.yaml; expkit's sweepers call
+it in their setup for any SLURM launcher, Hydra's own submitit_slurm too). submitit learns job
 states from `sacct`; on a cluster without an accounting database (a small or local cluster:
 scripts/slurm_local.sh) every poll fails with one warning (`Bypassing sacct error ... status may
 be inaccurate`), and a job that died without writing its result (scancel, a node failure) stays
