@@ -106,3 +106,40 @@ def test_a_sweep_names_its_choice_and_its_rerun_command_skips_everything(tmp_pat
     assert cmd[:3] == ["python", "train.py", "-m"] and cmd[-1] == f"hydra.sweep.dir={sweep}"
     again = run_cli(*cmd[2:])  # the printed command, as typed: every job is skipped
     assert again.returncode == 0 and (again.stdout + again.stderr).count("already finished") == 4
+
+
+# ---- choose by the mean over seeds (issue 22 item 2) ----
+
+def test_optuna_trials_of_three_seeds_are_valued_by_their_mean(tmp_path):
+    optuna = pytest.importorskip("optuna", minversion="3", reason="pip install -e '.[hpo]'")
+    data = write_countries(tmp_path / "d", n=200)
+    sweep = tmp_path / "s"
+    r = run_cli("-m", "experiment=hpo/mlp_lr_width", "hydra.sweeper.seeds=3", "hydra.sweeper.n_trials=4",
+                "trainer.epochs=2", f"data.root={data}", f"hydra.sweep.dir={sweep}")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert "fused: 6 job(s) train as 2 unit(s) (2 group(s) of 3, 3)" in out  # a trial's seeds fuse by default
+    runs = sorted(p.parent.name for p in sweep.glob("*/summary.json"))
+    assert len(runs) == 12 and runs[:3] == ["trial_0_seed1", "trial_0_seed2", "trial_0_seed3"]
+    study = optuna.load_study(study_name="mlp_lr_width", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    trials = pd.read_csv(sweep / "optuna_trials.csv")
+    assert len(study.trials) == 4 and [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    for t in study.trials:
+        summaries = [json.loads((sweep / f"trial_{t.number}_seed{s}" / "summary.json").read_text()) for s in (1, 2, 3)]
+        assert [s["config"]["seed"] for s in summaries] == [1, 2, 3]
+        best = pd.Series([s["best"]["val_acc"] for s in summaries])
+        assert t.value == pytest.approx(best.mean())  # the objective: the mean of the seeds' best val accuracies
+        row = trials[trials.trial == t.number].iloc[0]
+        assert row.value == pytest.approx(best.mean()) and row.value_std == pytest.approx(best.std())
+        for epoch, value in t.intermediate_values.items():  # each epoch's report: the seeds' mean there
+            seeds = [pd.read_csv(sweep / f"trial_{t.number}_seed{s}" / "metrics.csv").set_index("epoch").val_acc[epoch]
+                     for s in (1, 2, 3)]
+            assert value == pytest.approx(sum(seeds) / 3)
+    by_config = pd.read_csv(sweep / "results_by_config.csv")
+    assert list(by_config.n) == [3] * 4
+    chosen = json.loads((sweep / "best.json").read_text())
+    assert chosen["best_val_acc"]["mean"] == pytest.approx(study.best_value) and chosen["best_val_acc"]["n"] == 3
+
+    r = run_cli("-m", "experiment=hpo/mlp_lr_width", "hydra.sweeper.seeds=3", "seed=1,2",
+                f"hydra.sweep.dir={tmp_path / 'bad'}")
+    assert r.returncode == 2 and "leave seed out" in r.stderr and not (tmp_path / "bad").exists()

@@ -21,6 +21,13 @@ results table, `optuna_trials.csv` (every trial of the study, with its state) an
 trials as the grid sweeper fuses its batches (fusing.launch_batch): trials that differ only in seed,
 lr, weight decay or momentum train as one group job (at most `max_group` each), every trial still in
 its own run dir with its trial file, reporting to and told from its own summary.json.
+
+`hydra.sweeper.seeds=N` makes each trial N runs, seeds 1..N, in dirs `trial_<n>_seed<s>` (fused by
+default: a trial's seeds differ only in seed); the trial's objective is the mean of their best val
+accuracies (optuna_trials.csv: value, value_std, seed_values), and a pruner sees the seeds' mean once
+per epoch and stops them together (expkit/hpo.py says how, fused and apart). A GridSampler without a
+search_space searches the grid of `params` (every key a choice); expkit.halving.SyncHalvingPruner is
+synchronous successive halving over fused groups (the hpo/grid_halving preset).
 """
 import json
 import logging
@@ -35,7 +42,7 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import OmegaConf
 
 from expkit.errors import UserError
-from expkit.hpo import TRIAL_FILE, quiet_optuna
+from expkit.hpo import TRIAL_FILE, check_seeds, pruner_spec, quiet_optuna, sampler_spec, trial_outcome
 from hydra_plugins.expkit_plugins.fusing import fuses, launch_batch
 from hydra_plugins.expkit_plugins.sweeper import _key, declare_job_counter, job_counter, record_lost_jobs, value_str
 
@@ -51,8 +58,10 @@ class OptunaSweeperConf:
     storage: Optional[str] = None     # default: sqlite:///<sweep dir>/optuna.db
     n_trials: int = 20                # the study's total, trials from earlier sweeps included
     n_jobs: int = 1                   # trials asked and launched together (in parallel with hydra/launcher=joblib)
-    fuse: bool = False                # a batch's trials that differ only in seed/lr/wd/momentum train as one group job
+    fuse: Optional[bool] = None       # a batch's trials that differ only in seed/lr/wd/momentum train as one group
+                                      # job; default (null): only with seeds > 1 (a trial's seeds fuse)
     max_group: Optional[int] = None   # trials per group (default: no bound; with GPUs, every GPU gets a group)
+    seeds: int = 1                    # runs per trial, seeds 1..N (each its own run dir); objective: their mean
     sampler: Optional[Dict[str, Any]] = field(
         default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": None})
     pruner: Optional[Dict[str, Any]] = field(  # null: no pruning
@@ -113,7 +122,10 @@ def distributions(params: Dict[str, str], arguments: List[str], parser):
 
 class OptunaSweeper(Sweeper):
     def __init__(self, direction="maximize", study_name=None, storage=None, n_trials=20, n_jobs=1,
-                 sampler=None, pruner=None, params=None, fuse=False, max_group=None):
+                 sampler=None, pruner=None, params=None, fuse=False, max_group=None, seeds=1):
+        if seeds < 1:
+            raise UserError(f"hydra.sweeper.seeds must be >= 1 (runs per trial, seeds 1..N), got {seeds}")
+        self.seeds = int(seeds)
         if direction != "maximize":
             raise UserError(f"hydra.sweeper.direction={direction}: the objective is the best validation "
                             "accuracy, so only maximize is meaningful")
@@ -121,10 +133,10 @@ class OptunaSweeper(Sweeper):
             raise UserError(f"hydra.sweeper.n_trials ({n_trials}) and n_jobs ({n_jobs}) must be >= 1")
         if max_group is not None and max_group < 1:
             raise UserError(f"hydra.sweeper.max_group must be >= 1, got {max_group}")
-        self.fuse, self.max_group = fuse, max_group
+        self.fuse, self.max_group = (self.seeds > 1 if fuse is None else fuse), max_group
         self.study_name, self.storage, self.n_trials, self.n_jobs = study_name, storage, n_trials, n_jobs
         self.sampler = OmegaConf.to_container(sampler) if sampler is not None else None
-        self.pruner = OmegaConf.to_container(pruner) if pruner is not None else None
+        self.pruner = pruner_spec(OmegaConf.to_container(pruner)) if pruner is not None else None
         self.params = dict(params or {})
 
     def setup(self, *, hydra_context, task_function, config):
@@ -151,6 +163,7 @@ class OptunaSweeper(Sweeper):
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         space, fixed = distributions(self.params, arguments, parser)
+        check_seeds(self.seeds, space, fixed)  # seeds=N sets each run's seed: none searched or given
         # a searched key as the command line gave it (++key=choice(..) searches key, set by ++key=v)
         self.as_given = {_key(o): o.get_key_element() for o in parser.parse_overrides(list(arguments))}
         self._check_composes(fixed, space)  # a typo'd key or option: one line now, not n failed trials
@@ -173,7 +186,7 @@ class OptunaSweeper(Sweeper):
                 sweep_dir.rmdir()
             raise
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        sampler = self.sampler
+        sampler = sampler_spec(self.sampler, space)  # a GridSampler without search_space: the params' grid
         if sampler and sampler.get("seed") is not None and earlier:  # a resumed study must not redraw its trials
             sampler = dict(sampler, seed=int(sampler["seed"]) + earlier)
             log.info("sampler seed %s + %d earlier trials = %d (a resumed study draws new trials)",
@@ -247,20 +260,29 @@ class OptunaSweeper(Sweeper):
 
     def _launch(self, batch, fixed, storage, name, sweep_dir, launched, todo):
         """Run a batch of asked trials as jobs, each in its own run dir with its trial file."""
-        jobs = []
-        for k, trial in enumerate(batch):
-            job_dir = _free_dir(sweep_dir, f"trial_{trial.number}")
-            job_dir.mkdir(parents=True)
-            spec = {"storage": storage, "study_name": name, "number": trial.number,
-                    "trial_id": trial._trial_id, "pruner": self.pruner}  # optuna.trial.Trial(study, trial_id)
-            (job_dir / TRIAL_FILE).write_text(json.dumps(spec, indent=2))
-            trial.set_user_attr("dir", str(job_dir.resolve()))
-            jobs.append(fixed + self._assignments(trial.params) +
-                        [f"hydra.sweep.subdir={job_dir.name}", job_counter(launched + k + 1, todo)])
-        try:
-            return launch_batch(self, jobs, launched)  # fused or not, as the grid sweeper's batches
+        jobs, names = [], []
+        seeds = list(range(1, self.seeds + 1)) if self.seeds > 1 else [None]  # seeds=N: N runs per trial
+        for trial in batch:
+            dirs = []
+            for seed in seeds:
+                job_dir = _free_dir(sweep_dir, f"trial_{trial.number}" + (f"_seed{seed}" if seed else ""))
+                job_dir.mkdir(parents=True)
+                spec = {"storage": storage, "study_name": name, "number": trial.number,
+                        "trial_id": trial._trial_id, "pruner": self.pruner}  # optuna.trial.Trial(study, trial_id)
+                spec.update({"seed": seed, "seeds": seeds} if seed else {})
+                (job_dir / TRIAL_FILE).write_text(json.dumps(spec, indent=2))
+                dirs.append(str(job_dir.resolve()))
+                names.append(job_dir.name)
+                jobs.append(fixed + self._assignments(trial.params) + ([f"seed={seed}"] if seed else []) +
+                            [f"hydra.sweep.subdir={job_dir.name}",
+                             job_counter(launched * len(seeds) + len(jobs) + 1, todo * len(seeds))])
+            trial.set_user_attr("dir", dirs[0])
+            if seeds[0]:
+                trial.set_user_attr("dirs", dirs)
+        try:  # fused or not, as the grid sweeper's batches (a trial's seeds fuse: they differ only in seed)
+            return launch_batch(self, jobs, launched * len(seeds))
         except Exception as ex:  # the launcher itself died: those trials fail, the study goes on
-            record_lost_jobs(sweep_dir, [(j, Path(t.user_attrs["dir"]).name, None) for j, t in zip(jobs, batch)], ex)
+            record_lost_jobs(sweep_dir, [(j, n, None) for j, n in zip(jobs, names)], ex)
             return None
 
 
@@ -301,20 +323,17 @@ def _free_dir(sweep_dir: Path, name: str) -> Path:
 
 
 def _tell(study, trial):
-    """Tell Optuna a trial's outcome from its summary.json; 1 if it failed."""
+    """Tell Optuna a trial's outcome from its runs' summary.json (seeds=N: the mean of their best val
+    accuracies, expkit.hpo.trial_outcome); 1 if it failed."""
     import optuna
 
-    from expkit.runner import SUMMARY
-
-    path = Path(trial.user_attrs.get("dir", "")) / SUMMARY
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError):
-        summary = {"status": "failed", "error": f"no readable {path}"}
+    summary = trial_outcome(trial.user_attrs.get("dirs") or [trial.user_attrs.get("dir", "")])
     status = summary.get("status")
-    trial.set_user_attr("status", status)
+    for key in ("status", "value_std", "seed_values"):
+        if summary.get(key) is not None:
+            trial.set_user_attr(key, summary[key])
     if status == "completed":
-        study.tell(trial, float(summary["best"]["val_acc"]))
+        study.tell(trial, summary["value"])
         return 0
     if status == "pruned":
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -336,6 +355,8 @@ def _write_results(study, sweep_dir: Path):
 
     table = build_report(sweep_dir)
     rows = [{"trial": t.number, "state": t.state.name.lower(), "value": t.value, **t.params,
+             **({"value_std": t.user_attrs.get("value_std"), "seed_values": t.user_attrs.get("seed_values")}
+                if any("seed_values" in u.user_attrs for u in study.trials) else {}),  # seeds=N: mean and std
              "status": t.user_attrs.get("status"), "dir": t.user_attrs.get("dir"),
              "error": t.user_attrs.get("error")} for t in study.trials]
     trials = pd.DataFrame(rows)
@@ -356,6 +377,9 @@ def _write_results(study, sweep_dir: Path):
                                                           sort_keys=False)))
     params = " ".join(f"{k}={v}" for k, v in best.params.items())
     print(f"optuna study {study.study_name!r}: {len(trials)} trial(s) ({counts}); best trial {best.number}: {params}, "
-          f"best-epoch val_acc {best.value:.4f} (the objective; the table above shows final epochs)\n"
+          f"best-epoch val_acc {best.value:.4f}"
+          + (f" ± {best.user_attrs['value_std']:.4f} (mean over {len(best.user_attrs['seed_values'])} seeds)"
+             if best.user_attrs.get("value_std") is not None else "")
+          + " (the objective; the table above shows final epochs)\n"
           f"every trial: {sweep_dir / 'optuna_trials.csv'}", flush=True)
 
