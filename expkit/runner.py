@@ -51,7 +51,9 @@ def run_job(cfg):
         cfgs.append(OmegaConf.load(d / ".hydra" / "config.yaml"))
         overs.append(list(OmegaConf.load(d / ".hydra" / "overrides.yaml")))
     t0 = time.time()
-    preempt.install()  # SIGTERM / SIGUSR2 (a scheduler's): checkpoint at the next step, then stop
+    # SIGTERM / SIGUSR2 (a scheduler's): a torch run checkpoints at the next step and stops; an
+    # estimator has no step to stop at, so a signal stops it at once
+    preempt.install(at_steps=not any(_is_estimator(c.model.get("name")) for c in cfgs))
     handlers = _member_logs(dirs[1:], hc.job.name)
     try:
         summaries = run_group(cfgs, dirs, overs, job_num=hc.job.num if sweeping else None)
@@ -86,6 +88,12 @@ def run_job(cfg):
     elif cfg.get("report") and cfg.report.get("plots"):
         build_report(run_dir)  # a single-run preset's own plots
     return summaries[0].get("status")  # expkit's optuna sweeper reads the objective from summary.json
+
+
+def _is_estimator(model_name):
+    from expkit.models import MODELS, model_kind
+
+    return model_name in MODELS and model_kind(model_name) != "torch"  # an unknown name fails in run_group
 
 
 def _member_logs(dirs, job_name):
