@@ -59,3 +59,19 @@ def run_python(*args, cwd=ROOT, timeout=600):
     env = dict(os.environ, PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0")
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def killed_after_epoch_2(monkeypatch):
+    """Make the next training raise KeyboardInterrupt during epoch 3, after the checkpoint of epoch 2 (with
+    trainer.checkpoint_every_s=0), as a killed process would stop; returns the function that undoes it."""
+    from expkit.trainers import torch as trainer
+
+    real = trainer._stop_or_go
+
+    def crash(m, row, epoch, t, k):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        real(m, row, epoch, t, k)
+
+    monkeypatch.setattr(trainer, "_stop_or_go", crash)
+    return lambda: monkeypatch.setattr(trainer, "_stop_or_go", real)

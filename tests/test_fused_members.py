@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import compose_cfg, load_for
+from conftest import compose_cfg, killed_after_epoch_2, load_for
 from expkit.config import validate
 from expkit.models import build
 from expkit.runner import run, run_group
@@ -71,18 +71,6 @@ def test_members_that_stay_after_others_leave_equal_their_separate_runs(setup, c
             assert len(group[k].rows) == (e or 4)
             close(pd.DataFrame(group[k].rows), pd.DataFrame(alone.rows), len(splits.val))
         assert group[-1].rows[-1]["train_loss"] != group[0].rows[-1]["train_loss"]
-
-
-def killed_after_epoch_2(monkeypatch):
-    real = trainer._stop_or_go
-
-    def crash(m, row, epoch, t, k):
-        if epoch == 2:
-            raise KeyboardInterrupt  # killed during epoch 3, after the checkpoint of epoch 2
-        real(m, row, epoch, t, k)
-
-    monkeypatch.setattr(trainer, "_stop_or_go", crash)
-    return lambda: monkeypatch.setattr(trainer, "_stop_or_go", real)
 
 
 @pytest.mark.parametrize("setup", ["mlp-adam", "mlp-sgd-momentum", "cnn-adam"])

@@ -14,13 +14,13 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import compose_cfg, load_for, run_cli
+from conftest import compose_cfg, killed_after_epoch_2, load_for, run_cli
 from expkit.config import validate
 from expkit.models import build
 from expkit.runner import run_group
 from expkit.stack import stack, unstack
 from expkit.trainers.stacked import Stack
-from expkit.trainers import checkpoint, torch as trainer
+from expkit.trainers import torch as trainer
 from test_deepfake import folder, weights  # noqa: F401  (fixtures)
 
 
@@ -200,18 +200,11 @@ def test_a_killed_group_resumes_and_a_rerun_skips_finished_members(countries_roo
     cfgs = [compose_cfg([*over, f"optim.lr={lr}"]) for lr in (0.01, 0.003)]
     run_group(cfgs, [tmp_path / "w0", tmp_path / "w1"], [[], []])
     dirs = [tmp_path / "k0", tmp_path / "k1"]
-    real = trainer._stop_or_go
-
-    def crash(m, row, epoch, t, k):
-        if epoch == 2:
-            raise KeyboardInterrupt  # killed during epoch 3, after the checkpoint of epoch 2
-        real(m, row, epoch, t, k)
-
-    monkeypatch.setattr(trainer, "_stop_or_go", crash)
+    restore = killed_after_epoch_2(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run_group(cfgs, dirs, [[], []])
     assert all((d / "checkpoint.pt").exists() and not (d / "summary.json").exists() for d in dirs)
-    monkeypatch.setattr(trainer, "_stop_or_go", real)
+    restore()
     resumed = run_group(cfgs, dirs, [[], []])
     for w, b, d in zip(("w0", "w1"), resumed, dirs):  # the resumed group equals an uninterrupted one
         pd.testing.assert_frame_equal(pd.read_csv(d / "metrics.csv").drop(columns="time_s"),
