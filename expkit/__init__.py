@@ -1,24 +1,8 @@
 """expkit: config-driven experiment runner for classification studies.
 
-Python API (expkit/api.py): expkit.run(overrides) -> Result(dir, summary, metrics),
-expkit.sweep(overrides) -> pandas.DataFrame, expkit.load(path).
+Python API (expkit/api.py): expkit.run(overrides) -> Result(dir, summary, metrics);
+expkit.sweep(overrides, sweep_dir=None) -> SweepResult(dir, table, by_config, best), streaming its
+progress; expkit.load(path) -> a run's Result or a sweep's table. help(expkit.sweep) says more.
 """
+from expkit.api import load, run, sweep  # noqa: F401  (light: pandas, hydra and torch load when called)
 from expkit.version import __version__  # noqa: F401
-
-
-def run(overrides=(), dir=None):
-    from expkit.api import run as _run
-
-    return _run(overrides, dir)
-
-
-def sweep(overrides, sweep_dir=None):
-    from expkit.api import sweep as _sweep
-
-    return _sweep(overrides, sweep_dir)
-
-
-def load(path):
-    from expkit.api import load as _load
-
-    return _load(path)

@@ -1,4 +1,5 @@
 """expkit as a tool: the Python API, and `pip install .` giving the `expkit` command with every preset."""
+import json
 import os
 import shutil
 import subprocess
@@ -25,14 +26,42 @@ def test_run_from_python_writes_under_the_current_dir_and_can_repeat(countries_r
 
 
 def test_sweep_from_python_returns_the_table(countries_root, tmp_path):
-    table = expkit.sweep([f"data.root={countries_root}", "trainer.epochs=1", "optim.lr=0.1,0.01"],
-                         sweep_dir=tmp_path / "s")
-    assert list(table["optim.lr"]) == [0.1, 0.01] and (table.status == "completed").all()
-    assert expkit.load(tmp_path / "s").equals(table)
+    lines = []
+    s = expkit.sweep([f"data.root={countries_root}", "trainer.epochs=1", "optim.lr=0.1,0.01"],
+                     sweep_dir=tmp_path / "s", echo=lines.append)
+    assert s.dir == tmp_path / "s" and s.returncode == 0
+    assert list(s["optim.lr"]) == [0.1, 0.01] and (s.status == "completed").all()  # the table's columns
+    assert expkit.load(tmp_path / "s").equals(s.table) and s.by_config is None
+    assert s.best == json.loads((tmp_path / "s" / "best.json").read_text())
+    assert any(line.startswith("best: optim.lr=") for line in lines)  # its progress and closing lines
     with pytest.raises(RuntimeError, match="unknown experiment"):
-        expkit.sweep(["experiment=ex4/lrr"], sweep_dir=tmp_path / "bad")
+        expkit.sweep(["experiment=ex4/lrr"], sweep_dir=tmp_path / "bad", progress=None)
     with pytest.raises(FileNotFoundError):
         expkit.load(tmp_path / "bad")
+
+
+def test_sweep_writes_where_the_command_line_does_streams_progress_and_extends_in_place(countries_root, tmp_path,
+                                                                                          monkeypatch, capsys):
+    """The command line's folder (outputs/<name>/multirun_<time>, latest linked), its lines as they come (no
+    epoch lines by default), the result printable with its dir, per-config table and choice; sweep_dir= of an
+    earlier sweep skips its finished jobs; help(expkit.sweep) documents it all."""
+    monkeypatch.chdir(tmp_path)
+    args = [f"data.root={countries_root}", "trainer.epochs=2", "seed=1,2"]
+    s = expkit.sweep(args + ["optim.lr=0.1,0.01"])
+    out = capsys.readouterr().out
+    assert s.dir.parent == Path("outputs/default") and s.dir.name.startswith("multirun_")
+    assert Path("outputs/default/latest").resolve() == s.dir.resolve()
+    assert "Launching 4 jobs" in out and "completed: test acc" in out and " epoch 1/2 " not in out
+    assert f"mean ± std over seeds per configuration: {s.dir / 'results_by_config.md'}" in out
+    assert len(s) == 4 and list(s.by_config.n) == [2, 2] and s.best["best_val_acc"]["n"] == 2
+    shown = repr(s)
+    assert str(s.dir) in shown and "optim.lr  status" in shown and shown.splitlines()[-2].startswith("best: optim.lr=")
+    lines = []
+    again = expkit.sweep(args + ["optim.lr=0.1,0.01,0.001"], sweep_dir=s.dir, echo=lines.append, progress="epochs")
+    assert again.dir == s.dir and len(again) == 6 and sum("already finished" in ln for ln in lines) == 4
+    assert any(" epoch 2/2 " in ln for ln in lines)  # progress="epochs": every line
+    doc = expkit.sweep.__doc__
+    assert "sweep_dir" in doc and "multirun_" in doc and "finished jobs are skipped" in doc and "progress" in doc
 
 
 def venv_over_this_environment(venv):
