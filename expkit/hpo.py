@@ -246,6 +246,10 @@ class TrialMember:
         self.epoch_s, self.t_last = now - self.t_last, now
         try:
             stop = self._epoch(epoch, row)
+        except Exception as ex:  # the study's storage or the pruner failed: the run trains on, unpruned
+            log.warning("optuna trial %d: reporting epoch %d failed (%s: %s); this run trains on without pruning",
+                        self.number, epoch, type(ex).__name__, ex)
+            stop = False
         finally:
             self.returned = epoch
         if stop:
