@@ -172,7 +172,7 @@ def test_synth_kernels_seed_sweep_trains_one_group_of_4_and_leaves_4_run_dirs(tm
     r = run_cli("-m", "experiment=hw6/synth_kernels", "seed=1,2,3,4", "hydra/launcher=fused", "trainer.epochs=2",
                 "data.n=200", f"hydra.sweep.dir={out}")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "fused group of 4: jobs [0, 1, 2, 3]" in r.stdout + r.stderr
+    assert "fused: 4 job(s) train as 1 unit(s) (1 group(s) of 4)" in r.stdout + r.stderr
     for j in range(4):
         d = out / str(j)
         s = json.loads((d / "summary.json").read_text())
@@ -190,7 +190,7 @@ def test_deepfake_lr_sweeps_fuse(preset, folder, weights, tmp_path):  # noqa: F8
                 f"data.root={folder}", "data.resize=20", "data.crop=16", "trainer.batch_size=8",
                 f"hydra.sweep.dir={out}")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "fused group of 5: jobs [0, 1, 2, 3, 4]" in r.stdout + r.stderr
+    assert "fused: 5 job(s) train as 1 unit(s) (1 group(s) of 5)" in r.stdout + r.stderr
     table = pd.read_csv(out / "results.csv")
     assert sorted(table["optim.lr"]) == [1e-5, 1e-4, 1e-3, 1e-2, 0.1] and set(table.status) == {"completed"}
 
