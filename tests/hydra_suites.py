@@ -41,7 +41,7 @@ LAUNCHERS = [
 
 @pytest.mark.parametrize("launcher_name, overrides", LAUNCHERS)
 class TestExpkitSweeperLaunchers(LauncherTestSuite):
-    pass
+    """Hydra's LauncherTestSuite: its tests are inherited, run for each launcher above."""
 
 
 @pytest.mark.parametrize("launcher_name, overrides", [
@@ -51,7 +51,7 @@ class TestExpkitSweeperLaunchers(LauncherTestSuite):
                  marks=joblib),
 ])
 class TestExpkitSweeperBatches(BatchedSweeperTestSuite):
-    pass
+    """Hydra's BatchedSweeperTestSuite: its tests are inherited, run for each launcher above."""
 
 
 def _app(launcher, *extra):
@@ -100,8 +100,8 @@ def test_a_failing_plain_job_fails_the_sweep_once_the_others_ran(hydra_sweep_run
                                config_path="configs", config_name="compose", overrides=EXPKIT + ["+a=0,1"],
                                temp_dir=tmpdir)
     with pytest.raises(ValueError, match="job 0 fails"):
-        with sweep:
-            pass
+        with sweep:  # entering runs the sweep: the failing job must surface as its error
+            ...
     assert ran == [0, 1]
 
 
