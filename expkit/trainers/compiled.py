@@ -37,13 +37,12 @@ class CompiledStep:
         trainable = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
         names = [n for n, _ in trainable]
         shapes = [p.shape for _, p in trainable]
-        sizes = [p.numel() for _, p in trainable]
         frozen = {n: p for n, p in net.named_parameters() if not p.requires_grad}
         self.buffers = dict(net.named_buffers())
         self.t = torch.zeros((), device=run.flat.device)
 
         def loss_of(flat, buffers, xb, yb):
-            params = {n: _view(v, s, c) for n, v, s, c in zip(names, flat.split(sizes), shapes, run.nhwc)}
+            params = {n: _view(v, s, c) for n, v, s, c in zip(names, run.split(flat), shapes, run.nhwc)}
             out = run(xb, per_member=True, forward=lambda x: functional_call(net, ({**params, **frozen}, buffers), (x,)))
             loss, hits = loss_and_hits(out, yb)
             return loss.sum(), (loss.detach(), hits)

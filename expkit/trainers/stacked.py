@@ -17,6 +17,7 @@ from expkit.stack import CHANNELS, interleave, stack, unstack
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
 OPT_SLOTS = {"adam": ("exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer",)}  # torch.optim's state names
+PAD = 64  # flat tensors are padded to a multiple of this many elements (see Stack._flatten)
 
 
 def has_batchnorm(model):
@@ -47,15 +48,16 @@ class Stack:
         sizes = [p.numel() for p in self.params]
         # 4-D conv weights in channels_last (cuDNN's fast layout on CUDA) are stored [O, H, W, I] in the flat
         self.nhwc = [self.channels_last and p.dim() == 4 for p in self.params]
+        self.n = sum(sizes)  # the flat tensors hold these, then zeros up to a multiple of PAD (see _flatten)
         self.flat = self._flatten([p.detach() for p in self.params])
         self.grad = torch.zeros_like(self.flat)
-        for p, c, value, grad in zip(self.params, self.nhwc, self.flat.split(sizes), self.grad.split(sizes)):
+        for p, c, value, grad in zip(self.params, self.nhwc, self.split(self.flat), self.split(self.grad)):
             p.data, p.grad = _view(value, p.shape, c), _view(grad, p.shape, c)  # backward accumulates into the flat
         self.chunks = [(off, n // self.k) for off, n in zip(np.cumsum([0] + sizes[:-1]).tolist(), sizes)]
 
         def per_element(values):  # a member's value on each of its elements of the flat tensor
             v = torch.tensor(values, dtype=self.flat.dtype, device=self.flat.device)
-            return torch.cat([v.repeat_interleave(n) for _, n in self.chunks]) if self.chunks else v[:0]
+            return torch.cat([v.repeat_interleave(n) for _, n in self.chunks] + [v.new_zeros(len(self.flat) - self.n)])
 
         o = [m.cfg.optim for m in members]
         self.opt_name = o[0].name
@@ -94,14 +96,27 @@ class Stack:
                         elif n:
                             spans.append([off + j * n, off + (j + 1) * n])
                 if spans:
+                    if spans[-1][1] == self.n:  # the padding too: the kernel's vector loop then has no tail
+                        spans[-1][1] = len(self.flat)
                     views = ([t[a:b] for a, b in spans] for t in (self.flat, self.grad, *self.state))
                     self.fused.append((lr, wd, *views))
 
     def _flatten(self, tensors):
-        """Parameter-shaped tensors of this stack (self.params' shapes) -> one flat tensor in its layout."""
+        """Parameter-shaped tensors of this stack (self.params' shapes) -> one flat tensor in its layout, padded
+        with zeros to a multiple of PAD elements. Why: the CPU's vectorised elementwise kernels (torch's fused
+        Adam among them) compute a call's last len % 8 elements in a scalar tail that rounds differently now and
+        then; unpadded, a member's last elements fell in the tail alone but not in its group (the ex4 10x16 MLP:
+        1 ulp at step 183, then 0.09 val acc apart after 5 epochs). Padded, every element takes the vector path,
+        so a member of a group with one lr trains bit for bit as its separate run (tests/test_fused_members.py)."""
         if not tensors:
             return torch.zeros(0, device=self.device)
-        return torch.cat([(t.permute(0, 2, 3, 1) if c else t).reshape(-1) for t, c in zip(tensors, self.nhwc)])
+        flat = [(t.permute(0, 2, 3, 1) if c else t).reshape(-1) for t, c in zip(tensors, self.nhwc)]
+        n = sum(f.numel() for f in flat)
+        return torch.cat(flat + [flat[0].new_zeros(-n % PAD)])
+
+    def split(self, flat):
+        """A flat tensor of this stack -> its per-parameter slices (flat, in self.params' order)."""
+        return flat[:self.n].split([p.numel() for p in self.params])
 
     def _stacked(self, per_member):
         """Per member {name: tensor} in its own parameter shapes (None: zeros) -> the stack's parameter-shaped
@@ -126,8 +141,7 @@ class Stack:
         """Member j's part of a flat tensor in its own parameter names and shapes (the inverse of _stacked)."""
         m = self.members[j]
         names = [n for n, p in m.model.named_parameters() if p.requires_grad]
-        sizes = [p.numel() for p in self.params]
-        views = [_view(v, p.shape, c) for p, c, v in zip(self.params, self.nhwc, flat.split(sizes))]
+        views = [_view(v, p.shape, c) for p, c, v in zip(self.params, self.nhwc, self.split(flat))]
         if self.k == 1:
             return {n: v.detach().clone() for n, v in zip(names, views)}
         saved = [p.data for p in self.params]
