@@ -2,6 +2,8 @@
 over workers and GPUs; each member keeps its own run dir and files; a re-run skips finished members."""
 import json
 import re
+import subprocess
+import sys
 from datetime import datetime
 
 import pandas as pd
@@ -19,21 +21,39 @@ def jobs_for(overrides_per_job):
                 for k, o in enumerate(overrides_per_job)]
 
 
-def test_plan_bounds_groups_spreads_them_over_gpus_and_puts_the_largest_first():
+def test_plan_bounds_groups_spreads_them_over_gpus_and_puts_the_costliest_first():
     seeds = [[f"seed={s}"] for s in range(12)]
     other = [["model.depth=2", f"seed={s}"] for s in range(3)]
     units = plan(jobs_for(seeds + other))
     assert [len(u) for u in units] == [12, 3]  # no bound on the CPU: one group per shape
     units = plan(jobs_for(seeds + other), max_group=5)
-    assert [len(u) for u in units] == [5, 5, 3, 2]  # bounded, largest first
+    assert [len(u) for u in units] == [5, 5, 2, 3]  # bounded, costliest first (2 of depth 6 > 3 of depth 2)
     assert sorted(j.num for u in units for j in u) == list(range(15))
     units = plan(jobs_for([[f"seed={s}"] for s in range(64)]), devices=8)
     assert [len(u) for u in units] == [8] * 8  # 64 seeds on 8 GPUs: 8 groups of 8, not one of 64
     units = plan(jobs_for(seeds + other), devices=4)
     assert len(units) >= 4 and max(len(u) for u in units) <= 6
+    # costliest first (longest-processing-time-first), not largest: ex4/depth_width's groups of 3 seeds went
+    # out in job order, so the 6x64 group ran alone on one worker at the end
+    shapes = [["model.depth=1"], ["model.depth=6", "model.width=64"], ["model.depth=10"], ["model.depth=6"]]
+    units = plan(jobs_for([[*o, f"seed={s}"] for o in shapes for s in (1, 2, 3)]))
+    assert [(u[0].cfg.model.depth, u[0].cfg.model.width) for u in units] == [(6, 64), (10, 16), (6, 16), (1, 16)]
+    units = plan(jobs_for([["model.depth=1", f"seed={s}"] for s in range(4)] + [["model.depth=6", "seed=1"],
+                                                                                 ["model.depth=6", "seed=2"]]))
+    assert [len(u) for u in units] == [2, 4]  # 2 members of depth 6 cost more than 4 of depth 1
     alone = plan(jobs_for([["model=xgboost"], ["optim.lr=-1"], ["seed=1"]]))
     why = sorted(u[0].why_alone.split(" (")[0] for u in alone)
     assert why[0].startswith("invalid config") and "estimator" in why[1] and "no other job" in why[2]
+
+
+def test_planning_groups_does_not_import_torch():
+    """A sweep's main process plans its groups without torch (whose import cost ~2 s of every fused sweep
+    when model kinds were read from the model modules): workers import it."""
+    code = ("import sys; sys.path[:0] = ['tests', '.']; from test_fuse_anywhere import jobs_for, plan; "
+            "u = plan(jobs_for([['seed=1'], ['seed=2'], ['model=xgboost']])); "
+            "print(len(u), 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == ["2", "False"], r.stderr[-2000:]
 
 
 def log_span(path):

@@ -106,8 +106,10 @@ def test_every_schema_is_registered_named_and_used():
             assert (group, name) in used, f"no conf/{group}/*.yaml starts from base_{group}_{name}"
     for name, module in DATASETS.items():
         assert importlib.import_module(module).Conf is DATA_SCHEMAS[name] is data_schema(name)
-    for name, module in MODELS.items():
-        assert importlib.import_module(module).Conf is MODEL_SCHEMAS[name] is model_schema(name)
+    for name, (module, kind) in MODELS.items():
+        mod = importlib.import_module(module)
+        assert mod.Conf is MODEL_SCHEMAS[name] is model_schema(name)
+        assert kind in ("torch", "estimator") and hasattr(mod, "build")
 
 
 def test_the_schemas_import_no_heavy_library():

@@ -7,7 +7,6 @@ from torch import nn
 from expkit.errors import require
 from expkit.schemas import CnnConf as Conf, ConvConf  # noqa: F401 (declared once, there)
 
-KIND = "torch"
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "gelu": nn.GELU}
 
 

@@ -5,7 +5,6 @@ from torch import nn
 from expkit.errors import require
 from expkit.schemas import MlpConf as Conf  # noqa: F401 (declared once, there)
 
-KIND = "torch"
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "gelu": nn.GELU}
 ALPHAS = [round(0.1 * i, 1) for i in range(1, 11)]
 

@@ -16,7 +16,6 @@ from expkit.errors import Skipped, UserError, require
 from expkit.schemas import ResNet18Conf as Conf  # noqa: F401 (declared once, there)
 
 log = logging.getLogger(__name__)
-KIND = "torch"
 MODES = ("scratch", "linear_probe", "finetune")
 WEIGHTS_FILE = "resnet18-f37072fd.pth"  # torchvision ResNet18_Weights.IMAGENET1K_V1
 EVAL_CHUNK = 64  # eval forward in chunks: memory stays bounded whatever trainer.eval_batch_size is

@@ -8,7 +8,6 @@ import importlib
 from expkit.errors import UserError, require
 from expkit.schemas import SklearnConf as Conf  # noqa: F401 (declared once, there)
 
-KIND = "estimator"
 ALLOWED = ("sklearn.", "xgboost.")  # only estimator libraries: a config must not import arbitrary code
 
 

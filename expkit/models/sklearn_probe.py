@@ -2,7 +2,6 @@
 from expkit.models import resnet18
 from expkit.schemas import SklearnProbeConf as Conf  # noqa: F401 (declared once, there)
 
-KIND = "estimator"
 
 
 def input_transform(conf):

@@ -2,7 +2,6 @@
 from expkit.data.images import Transform
 from expkit.schemas import XGBoostConf as Conf  # noqa: F401 (declared once, there)
 
-KIND = "estimator"
 
 
 def input_transform(conf):

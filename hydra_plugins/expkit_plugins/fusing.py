@@ -48,8 +48,8 @@ def task_cfg(config):
 def plan(jobs, max_group: Optional[int] = None, devices: int = 0):
     """The units a batch trains as: lists of jobs that train as one group, or single jobs (with
     why_alone). Groups hold at most max_group members; without a bound and with `devices` GPUs,
-    the largest groups split until every GPU has a unit. Largest units first (dispatched first, so
-    the last worker does not run alone)."""
+    the largest groups split until every GPU has a unit. Costliest units first (dispatched first, so
+    the last worker does not run alone: longest-processing-time-first), by `cost`."""
     from expkit.config import validate
     from expkit.errors import UserError
     from expkit.runner import FUSIBLE, group_key, not_fusible
@@ -77,7 +77,18 @@ def plan(jobs, max_group: Optional[int] = None, devices: int = 0):
     if not max_group and devices > 1:
         units = _spread(units, devices)
     order = {j.num: i for i, j in enumerate(jobs)}
-    return sorted(units, key=lambda u: (-len(u), order[u[0].num]))
+    return sorted(units, key=lambda u: (-cost(u), order[u[0].num]))
+
+
+def cost(unit):
+    """A unit's expected training cost: members x epochs x the model's step cost (expkit.models.relative_cost);
+    a job that is not an expkit run costs 1. Only its order matters."""
+    from expkit.models import relative_cost
+
+    cfg = getattr(unit[0], "cfg", None)
+    if cfg is None:
+        return 1.0
+    return len(unit) * cfg.trainer.epochs * relative_cost(cfg.model)
 
 
 def _spread(units, devices):
