@@ -15,10 +15,9 @@ the study (user attr `expkit_halving_rung<epoch>`: who was judged, who went on, 
 How the reports come in, and who decides:
 - Members of one fused group run their epoch callbacks one after another in one loop iteration, so a
   member cannot wait for the members after it. A member judged while trials of its own process have
-  still to report the rung is *deferred*: it goes on, and learns its verdict at its next epoch
-  (expkit.hpo checks `eliminated` first thing each epoch) - so a pruned member that is not the last
-  of its group to report trains one epoch past the rung, unless it is certain to be out already (at
-  least as many better reports as can go on). The last member of the process to report decides.
+  still to report the rung is *deferred*: it goes on for now; the last member of the process to report
+  decides, and once every member reported the epoch the trainer asks each again (TrialMember.settle), so
+  a pruned member stops at its rung wherever it stands in its group.
 - Groups in other processes (joblib, SLURM): the deciding member waits, polling the study storage,
   while the study makes progress (any report or start marker); after `stall_s` seconds (at least 5 of
   its own epochs) without any, it decides over the reports that are in and says which trials were

@@ -256,6 +256,30 @@ class TrialMember:
             self.ended = epoch
         return "pruned" if stop else None
 
+    def settle(self, epoch):
+        """After every member of the group reported `epoch` (the trainer asks): "pruned" when a verdict on this
+        trial was reached since its own report (a rung the group's last member decided), else None."""
+        if self.ended is not None or self.returned != epoch:
+            return None
+        try:
+            after = retry(self.storage.get_trial, self.trial_id).user_attrs.get(STOP)
+            if after is not None:
+                stop = epoch >= int(after)
+            else:  # this trial's seeds of this process all stand at `epoch` now: they all stop here
+                eliminated = getattr(self.pruner, "eliminated", None)
+                stop = bool(eliminated and eliminated(self.study, self.number, epoch, self.epochs))
+                if stop:
+                    retry(self.storage.set_trial_user_attr, self.trial_id, STOP, epoch)
+                    log.info("optuna trial %d: pruned at epoch %d (its rung was decided after its report)",
+                             self.number, epoch)
+        except Exception as ex:  # as in __call__: the run trains on, unpruned
+            log.warning("optuna trial %d: checking epoch %d's verdict failed (%s: %s)", self.number, epoch,
+                        type(ex).__name__, ex)
+            return None
+        if stop:
+            self.ended = epoch
+        return "pruned" if stop else None
+
     def _own_end(self, epoch, row):
         """Whether this member stops after this epoch for its own reasons (the trainer's rules)."""
         if self.epochs is not None and epoch >= self.epochs:

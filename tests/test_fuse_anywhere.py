@@ -1,6 +1,7 @@
 """Fusing is a sweeper policy (hydra.sweeper.fuse=true): group jobs that any launcher runs, spread
 over workers and GPUs; each member keeps its own run dir and files; a re-run skips finished members."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -44,6 +45,27 @@ def test_plan_bounds_groups_spreads_them_over_gpus_and_puts_the_costliest_first(
     alone = plan(jobs_for([["model=xgboost"], ["optim.lr=-1"], ["seed=1"]]))
     why = sorted(u[0].why_alone.split(" (")[0] for u in alone)
     assert why[0].startswith("invalid config") and "estimator" in why[1] and "no other job" in why[2]
+
+
+def test_groups_spread_over_the_joblib_workers_as_over_gpus(monkeypatch):
+    """ex4/lr (4 lrs x 3 seeds, one shape) on joblib n_jobs=2 trained as one group of 12 beside an idle core."""
+    from omegaconf import OmegaConf
+
+    import expkit.placement
+    from hydra_plugins.expkit_plugins.fusing import local_slots
+
+    monkeypatch.setattr(expkit.placement, "visible_devices", lambda: [])
+    joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    assert local_slots(OmegaConf.create({"_target_": joblib, "n_jobs": 2})) == 2
+    assert local_slots(OmegaConf.create({"_target_": joblib, "n_jobs": -1})) == len(os.sched_getaffinity(0))
+    assert local_slots(OmegaConf.create({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"})) == 0
+    assert local_slots(OmegaConf.create({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher."
+                                                     "SlurmLauncher"})) == 0
+    monkeypatch.setattr(expkit.placement, "visible_devices", lambda: list(range(4)))
+    assert local_slots(OmegaConf.create({"_target_": joblib, "n_jobs": 2})) == 4
+    units = plan(jobs_for([[f"optim.lr={lr}", f"seed={s}"] for lr in (1, 0.01, 0.001, 0.0001) for s in (1, 2, 3)]),
+                 devices=2)
+    assert [len(u) for u in units] == [6, 6]
 
 
 def test_planning_groups_does_not_import_torch():

@@ -207,3 +207,26 @@ def test_members_train_bit_for_bit_whatever_their_group(model, countries_root, t
     for j in (0, 1):
         a, b = (pd.DataFrame(r[j].rows).drop(columns=["time_s"]) for r in rows)
         pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+class LateVerdict:
+    """A callback whose verdict on epoch `at` comes only after every member reported it (a halving rung
+    decided by the group's last member): settle() gives it."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def __call__(self, row):
+        return None
+
+    def settle(self, epoch):
+        return "pruned" if epoch == self.at else None
+
+
+def test_a_verdict_reached_after_a_members_report_stops_it_in_the_same_epoch(countries_root, tmp_path):
+    cfgs = configs("mlp-adam", countries_root, (1, 2, 3), "trainer.epochs=4", "trainer.checkpoint=false")
+    splits = load_for(cfgs[0])
+    members = [trainer.Member(c, built(c, splits), tmp_path / f"g{k}", callbacks=[LateVerdict(2)] if k == 0 else [])
+               for k, c in enumerate(cfgs)]
+    out = trainer.fit(members, splits, torch.device("cpu"))
+    assert [len(h.rows) for h in out] == [2, 4, 4] and out[0].stopped_by == "pruned"

@@ -344,6 +344,13 @@ class Loop:
                 if stop and not m.done:
                     m.hist.stopped_by, m.done = stop[0], True
                     log.info("%sstopped after epoch %d: %s", f"member {j} " if k > 1 else "", epoch + 1, stop[0])
+            # every member has reported this epoch: a verdict that waited for later members of this group (a
+            # synchronous halving rung) is known now, so its member stops here, not one epoch later
+            for j, m in enumerate(active):
+                late = [r for r in (cb.settle(epoch + 1) for cb in m.callbacks if hasattr(cb, "settle")) if r]
+                if late and not m.done:
+                    m.hist.stopped_by, m.done = late[0], True
+                    log.info("%sstopped after epoch %d: %s", f"member {j} " if k > 1 else "", epoch + 1, late[0])
             bar.done(active, epoch, dt)
             self.charge(active)  # the epoch, and what came before it since the last charge
             # checkpoint by elapsed time: its cost is paid every checkpoint_every_s, not every epoch

@@ -47,8 +47,9 @@ def task_cfg(config):
 
 def plan(jobs, max_group: Optional[int] = None, devices: int = 0):
     """The units a batch trains as: lists of jobs that train as one group, or single jobs (with
-    why_alone). Groups hold at most max_group members; without a bound and with `devices` GPUs,
-    the largest groups split until every GPU has a unit. Costliest units first (dispatched first, so
+    why_alone). Groups hold at most max_group members; without a bound and with `devices` slots (GPUs or
+    parallel workers: local_slots), the largest groups split until every slot has a unit (ex4/lr's 12 jobs
+    on joblib n_jobs=2: two groups of 6, not one of 12 beside an idle core). Costliest units first (dispatched first, so
     the last worker does not run alone: longest-processing-time-first), by `cost`."""
     from expkit.config import validate
     from expkit.errors import UserError
@@ -146,17 +147,24 @@ def group_overrides(unit):
     return lead.overrides + [f"++{GROUP_KEY}='{':'.join(names)}'"]
 
 
-def local_gpus(launcher_cfg) -> int:
-    """GPUs that groups on this machine share: those visible here, unless the launcher sends jobs to
-    other machines (SLURM gives each its own)."""
-    if "slurm" in str(launcher_cfg.get("_target_", "")).lower():
+def local_slots(launcher_cfg) -> int:
+    """Units of a batch that run at once on this machine, for groups to spread over: its visible GPUs, or
+    the joblib launcher's workers (n_jobs; -1: one per core) when there are more of those; 0 when the
+    launcher sends jobs to other machines (SLURM gives each its own) or runs them one after another."""
+    target = str(launcher_cfg.get("_target_", "")).lower()
+    if "slurm" in target:
         return 0
+    workers = 0
+    if "joblib" in target:
+        n = int(launcher_cfg.get("n_jobs") or 1)
+        workers = len(os.sched_getaffinity(0)) if n < 0 else n
     from expkit.placement import visible_devices
 
     try:
-        return len(visible_devices())
+        gpus = len(visible_devices())
     except Exception:  # no driver, no NVML: nothing to spread over
-        return 0
+        gpus = 0
+    return max(gpus, workers)
 
 
 def fused_batch(jobs, max_group, devices):
@@ -195,7 +203,7 @@ def launch_batch(sweeper, overrides, idx, configs=None):
         composed = [with_hydra_overrides(c, j) if c is not None else compose(sweeper.config, j)
                     for j, c in zip(jobs, configs or [None] * len(jobs))]
         jobs, _ = fused_batch([Job(idx + k, j, c) for k, (j, c) in enumerate(zip(jobs, composed))],
-                              sweeper.max_group, local_gpus(sweeper.config.hydra.launcher))
+                              sweeper.max_group, local_slots(sweeper.config.hydra.launcher))
     return sweeper.launcher.launch(jobs, initial_job_idx=idx)
 
 

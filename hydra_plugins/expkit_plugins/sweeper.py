@@ -44,7 +44,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict, read_write
 
 from expkit.errors import UserError
-from hydra_plugins.expkit_plugins.fusing import Job, fuses, launch_batch, local_gpus, plan, task_cfg
+from hydra_plugins.expkit_plugins.fusing import Job, fuses, launch_batch, local_slots, plan, task_cfg
 
 log = logging.getLogger(__name__)
 
@@ -507,7 +507,7 @@ class ExpkitSweeper(Sweeper):
         for i in range(0, len(todo), n):
             units += plan([Job(i + k, job, copy.deepcopy(config))
                            for k, (job, _, config, _) in enumerate(todo[i:i + n], 1)],
-                          self.max_group, local_gpus(self.config.hydra.launcher))
+                          self.max_group, local_slots(self.config.hydra.launcher))
         print(f"fused ({'this sweep' if self.fuse else 'were it fused: sweeper.fuse=true'}): "
               f"{len(todo)} job(s) train as {len(units)} unit(s)")
         for u in units:
