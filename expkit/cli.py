@@ -2,11 +2,26 @@
 Hydra plugins, config errors as one line and exit 2, the sweep preview's command line, the exit
 status. What the sweepers share with it (the config lookups, the preview request, the failed jobs)
 lives below both, in expkit/session.py; the import order is core <- session <- plugins <- cli."""
+import logging
 import sys
 
 from expkit.errors import full_error  # noqa: F401  (one switch for the core and the command line)
 from expkit.session import (  # noqa: F401  (the entrypoints' and the tests' names for them)
     closest, conf_dir, exit_code, group_options, mark_failed_jobs, one_line, preview_requested, request_preview)
+
+
+class LogLabel(logging.Filter):
+    """The label of a line in the sweep's console log (conf/hydra/default.yaml, hydra_logging): HYDRA for
+    Hydra's own lines, the logger's name for expkit's (its sweeper plugins as expkit.sweeper, expkit.fusing,
+    ...), where Hydra's default format labelled every line HYDRA."""
+
+    def filter(self, record):
+        name = record.name
+        if name.startswith("hydra_plugins.expkit_plugins."):
+            record.label = "expkit." + name.rsplit(".", 1)[1]
+        else:
+            record.label = "HYDRA" if name.startswith("hydra") or name == "root" else name
+        return True
 
 
 def sweep_preview_argv(argv):

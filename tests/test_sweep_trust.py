@@ -42,7 +42,7 @@ def test_sweep_group_list_runs_each_options_sweep_in_its_own_dir(small, tmp_path
     # issue 22: the per-job line shows the user's overrides only; the job counter still reaches the job
     job_lines = [ln for ln in log.splitlines() if "\t#" in ln]
     assert job_lines and not any("hydra." in ln or "EXPKIT_JOB" in ln for ln in job_lines), job_lines
-    assert "job 1/4 epoch 1/1" in log and "job 4/4 epoch 1/1" in log
+    assert "job #0/4 epoch 1/1" in log and "job #3/4 epoch 1/1" in log
 
 
 # ---- item 4: a command-line key, with or without +/++, replaces a preset's search ----

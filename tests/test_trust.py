@@ -222,7 +222,7 @@ def test_progress_lines_name_the_job_and_the_eta(countries_root, tmp_path):
     r = run_cli("-m", f"data.root={countries_root}", "trainer.epochs=2", "optim.lr=0.1,0.01",
                 f"hydra.sweep.dir={tmp_path / 's'}")
     out = r.stdout + r.stderr
-    assert r.returncode == 0 and "job 1/2 epoch 1/2" in out and "job 2/2 epoch 2/2" in out, out[-2000:]
+    assert r.returncode == 0 and "job #0/2 epoch 1/2" in out and "job #1/2 epoch 2/2" in out, out[-2000:]
     assert "ETA 0m0" in out  # plain lines off a terminal, with the time left
     assert "\x1b[" not in (tmp_path / "s" / "0" / "expkit.log").read_text()  # no terminal codes in the log file
 

@@ -13,8 +13,8 @@ def _clock(seconds):
 
 
 class Progress:
-    """A progress bar with the epoch, the ETA and, in a sweep, the job (k/N, set by the sweeper as
-    EXPKIT_JOB) on a terminal; one plain log line per epoch, ETA included, otherwise."""
+    """A progress bar with the epoch, the ETA and, in a sweep, the job (#k/N: Hydra's job number of
+    N, set by the sweeper as EXPKIT_JOB) on a terminal; one plain log line per epoch, ETA included, otherwise."""
     def __init__(self, epoch, epochs, steps, started):
         self.epoch, self.epochs, self.steps = epoch, epochs, steps
         self.first = started  # (first epoch trained by this process, its start time): the pace so far

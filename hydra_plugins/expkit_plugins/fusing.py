@@ -144,7 +144,7 @@ def group_overrides(unit):
         return lead.overrides
     parent = job_dir(lead).absolute().parent
     names = [os.path.relpath(write_job_files(j).absolute(), parent) for j in unit[1:]]
-    return lead.overrides + [f"++{GROUP_KEY}='{':'.join(names)}'"]
+    return lead.overrides + [f"{GROUP_KEY}='{':'.join(names)}'"]  # declared by declare_job_counter
 
 
 def local_slots(launcher_cfg) -> int:

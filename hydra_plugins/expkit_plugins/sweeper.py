@@ -44,7 +44,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict, read_write
 
 from expkit.errors import UserError
-from hydra_plugins.expkit_plugins.fusing import Job, fuses, launch_batch, local_slots, plan, task_cfg
+from hydra_plugins.expkit_plugins.fusing import GROUP_KEY, Job, fuses, launch_batch, local_slots, plan, task_cfg
 
 log = logging.getLogger(__name__)
 
@@ -190,20 +190,24 @@ def existing_jobs(sweep_dir: Path):
 
 
 STUDY_GROUPS = ("experiment", "sweep")  # their options declare a sweep (hydra.sweeper.params) of their own
-JOB_COUNTER = "hydra.job.env_set.EXPKIT_JOB"  # "k/N" in each job's progress line (expkit/trainers/torch.py)
+JOB_COUNTER = "hydra.job.env_set.EXPKIT_JOB"  # "#k/N" in each job's progress line (expkit/trainers/progress.py)
 
 
 def declare_job_counter(config):
-    """Declare EXPKIT_JOB among the sweep's Hydra overrides, so that each job can set it with a plain
-    `hydra.` override, which Hydra's launchers leave out of their job lines (`++hydra...` they print)."""
+    """Declare EXPKIT_JOB and EXPKIT_GROUP among the sweep's Hydra overrides, so that each job can set them
+    with a plain `hydra.` override, which Hydra's launchers leave out of their job lines (`++hydra...` they
+    print): a job line shows the user's overrides only."""
     with read_write(config), open_dict(config):
         given = OmegaConf.to_container(config.hydra.overrides.hydra, resolve=False)  # e.g. subdir=x_${hydra.job.num}
-        if f"++{JOB_COUNTER}=''" not in given:
-            config.hydra.overrides.hydra.append(f"++{JOB_COUNTER}=''")
+        for key in (JOB_COUNTER, GROUP_KEY):
+            if f"++{key}=''" not in given:
+                config.hydra.overrides.hydra.append(f"++{key}=''")
 
 
 def job_counter(k, n):
-    return f"{JOB_COUNTER}='{k}/{n}'"
+    """The k-th (1-based) of n jobs: Hydra's launchers number their job lines from 0 (#k-1), and so does the
+    progress line, so one job has one number in the log."""
+    return f"{JOB_COUNTER}='#{k - 1}/{n}'"
 
 
 HYDRA_SUBDIR = "${hydra.job.num}"  # Hydra's default hydra.sweep.subdir: expkit then names dirs by config
