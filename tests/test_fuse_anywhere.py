@@ -42,6 +42,10 @@ def test_plan_bounds_groups_spreads_them_over_gpus_and_puts_the_costliest_first(
     units = plan(jobs_for([["model.depth=1", f"seed={s}"] for s in range(4)] + [["model.depth=6", "seed=1"],
                                                                                  ["model.depth=6", "seed=2"]]))
     assert [len(u) for u in units] == [2, 4]  # 2 members of depth 6 cost more than 4 of depth 1
+    pairs = [("1", "1"), ("16", "10"), ("128", "50"), ("1024", "50")]  # ex4/batch_size: (batch size, epochs)
+    units = plan(jobs_for([[f"trainer.batch_size={b}", f"trainer.epochs={e}", f"seed={s}"]
+                           for b, e in reversed(pairs) for s in (1, 2)]))
+    assert [u[0].cfg.trainer.batch_size for u in units] == [1, 16, 128, 1024]
     alone = plan(jobs_for([["model=xgboost"], ["optim.lr=-1"], ["seed=1"]]))
     why = sorted(u[0].why_alone.split(" (")[0] for u in alone)
     assert why[0].startswith("invalid config") and "estimator" in why[1] and "no other job" in why[2]

@@ -82,14 +82,17 @@ def plan(jobs, max_group: Optional[int] = None, devices: int = 0):
 
 
 def cost(unit):
-    """A unit's expected training cost: members x epochs x the model's step cost (expkit.models.relative_cost);
-    a job that is not an expkit run costs 1. Only its order matters."""
+    """A unit's expected training cost: members x epochs x the model's cost of a batch-256 step
+    (expkit.models.relative_cost) x the steps an epoch takes relative to batch 256, of which half is taken
+    to be a fixed cost per step (ex4/batch_size: 1 epoch at batch 1 outlasts 50 at batch 1024 by far);
+    a job that is not an expkit run costs 1. Only the order matters."""
     from expkit.models import relative_cost
 
     cfg = getattr(unit[0], "cfg", None)
     if cfg is None:
         return 1.0
-    return len(unit) * cfg.trainer.epochs * relative_cost(cfg.model)
+    steps = 0.5 * (1 + 256 / cfg.trainer.batch_size)
+    return len(unit) * cfg.trainer.epochs * steps * relative_cost(cfg.model)
 
 
 def _spread(units, devices):
