@@ -46,7 +46,8 @@ class TrainerConf:
     threads: Optional[int] = None        # torch threads; null = this job's share of the cores (1 below 1M parameters)
     record_steps: bool = False           # also save the train loss of every step (steps.csv)
     grad_layers: List[int] = field(default_factory=list)  # MLP Linear layers whose mean ||dW||^2 per epoch is saved
-    compile: bool = False                # torch.compile the model (never fused)
+    compile: Any = False                 # false | true: the whole step compiled | auto: compiled when the run is
+                                         # expected to gain (expkit/trainers/compiled.py)
     checkpoint: bool = True              # a re-run in the same dir resumes from checkpoint.pt
     checkpoint_every_s: float = 30.0     # save at the first epoch end this long after the last save (0: every epoch)
     save_model: bool = True
@@ -123,6 +124,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     require(o.name == "sgd" or o.momentum == 0,
             f"optim.momentum={o.momentum} has no effect with optim={o.name} (only SGD reads it): add optim=sgd, "
             f"or leave optim.momentum at 0")
+    require(isinstance(t.compile, bool) or t.compile == "auto",
+            f"trainer.compile must be true, false or auto, got {t.compile!r}")
     require(t.epochs >= 1, f"trainer.epochs must be >= 1, got {t.epochs}")
     require(t.batch_size >= 1, f"trainer.batch_size must be >= 1, got {t.batch_size}")
     require(t.checkpoint_every_s >= 0, f"trainer.checkpoint_every_s must be >= 0, got {t.checkpoint_every_s}")

@@ -82,3 +82,42 @@ def test_compiled_cnn_equals_eager(tmp_path):
 def test_recording_gradient_norms_keeps_the_eager_step_and_says_why(countries_root, tmp_path):
     h, = fit([f"data.root={countries_root}", *MLP, "trainer.compile=true", "trainer.grad_layers=[0]"], [1], tmp_path)
     assert h.extras["compile"]["graphs"] == 0 and "grad_layers" in h.extras["compile"]["eager"]
+
+
+def test_auto_decides_by_the_expected_gain_against_the_compile_cost():
+    from expkit.trainers.compiled import COMPILE_S, auto_decision
+
+    ok, why = auto_decision(0.001, 20_000, warm=True, compiler=True)  # 50 epochs of P1: ~13 s saved > ~8 s warm
+    assert ok and "warm" in why and ">" in why
+    assert not auto_decision(0.001, 20_000, warm=False, compiler=True)[0]  # < ~30 s cold
+    assert not auto_decision(0.001, 2_000, warm=True, compiler=True)[0]  # 5 epochs: not worth it
+    assert not auto_decision(1.0, 10 ** 6, warm=True, compiler=False)[0]
+    assert auto_decision(0.001, 10 ** 6, warm=False, compiler=True)[0] and COMPILE_S["cold"] > COMPILE_S["warm"]
+
+
+def test_auto_trains_its_first_epoch_eager_then_compiles_when_it_pays(countries_root, tmp_path, monkeypatch):
+    """A short run stays eager and says why; with compiling free (monkeypatched cost) it compiles from the
+    second epoch on: one graph, the same losses as eager up to rounding."""
+    from expkit.trainers import compiled
+
+    ov = [f"data.root={countries_root}", *MLP, "optim.lr=0.01"]
+    eager = fit(ov, [1], tmp_path)
+    short = fit(ov + ["trainer.compile=auto"], [1], tmp_path)
+    info = short[0].extras["compile"]
+    assert info["auto"]["compile"] is False and "to compile" in info["auto"]["why"] and info["graphs"] == 0
+    assert [r["train_loss"] for r in short[0].rows] == [r["train_loss"] for r in eager[0].rows]  # eager throughout
+    monkeypatch.setattr(compiled, "COMPILE_S", {"warm": 0.0, "cold": 0.0})
+    paid = fit(ov + ["trainer.compile=auto"], [1], tmp_path)
+    info = paid[0].extras["compile"]
+    assert info["auto"]["compile"] is True and info["graphs"] == 1 and info["fallback"] is None, info
+    assert paid[0].rows[0]["train_loss"] == eager[0].rows[0]["train_loss"]  # epoch 1 eager
+    close(paid[0], eager[0])
+
+
+def test_compile_accepts_true_false_auto_only(countries_root):
+    from expkit.errors import UserError
+
+    with pytest.raises(UserError, match="trainer.compile must be true, false or auto"):
+        validate(compose_cfg(["trainer.compile=maybe"]))
+    assert validate(compose_cfg(["trainer.compile=auto"])).trainer.compile == "auto"
+    assert validate(compose_cfg([])).trainer.compile is False  # the default: finished jobs keep their identity

@@ -191,7 +191,7 @@ class Loop:
         c = self.compile
         graphs = counters["stats"]["unique_graphs"] - c["graphs_before"] if "graphs_before" in c else 0
         return {"graphs": graphs, "compile_s": round(c.get("compile_s", 0.0), 3), "fallback": c.get("fallback"),
-                "eager": c.get("eager"), "last_batch": "eager (another shape)" if self.n_used % self.t.batch_size
+                "eager": c.get("eager"), "auto": c.get("auto"), "last_batch": "eager (another shape)" if self.n_used % self.t.batch_size
                 else None}
 
     def charge(self, members):
@@ -204,25 +204,37 @@ class Loop:
     def stack(self, members):
         return Stack(members, self.device, self.channels_last)
 
-    def compiled_step(self, run):
-        """The stack's compiled step (trainer.compile=true), or None: eager, the reason logged once."""
-        from expkit.trainers.compiled import CompiledStep, eager_reason
+    def compiled_step(self, run, eager_step_s=None, steps_left=0):
+        """The stack's compiled step (trainer.compile=true, or auto once it decided to), or None: eager, the
+        reason logged once. auto decides when given the first epoch's eager step time."""
+        from expkit.trainers import compiled
 
-        if not self.t.compile or "fallback" in self.compile:
+        if self.t.compile is False or "fallback" in self.compile:
             return None
-        why = eager_reason(self.t, self.scaler)
+        why = compiled.eager_reason(self.t, self.scaler)
         if why:
             if "eager" not in self.compile:
-                log.info("trainer.compile=true, but the step stays eager: %s", why)
+                log.info("trainer.compile=%s, but the step stays eager: %s", str(self.t.compile).lower(), why)
             self.compile["eager"] = why
             return None
-        return CompiledStep(run, loss_and_hits, self.compile)
+        self.compile["marker"] = compiled.warm_marker(run, self.t.batch_size)
+        if self.t.compile == "auto":
+            if "auto" not in self.compile:
+                if eager_step_s is None:
+                    return None  # the first epoch trains eagerly: its steps are timed
+                ok, why = compiled.auto_decision(eager_step_s, steps_left, self.compile["marker"].exists(),
+                                                 compiled.compiler_present(self.device))
+                self.compile["auto"] = {"compile": ok, "why": why}
+                log.info("trainer.compile=auto: %s: %s", "compiling the step" if ok else "staying eager", why)
+            if not self.compile["auto"]["compile"]:
+                return None
+        return compiled.CompiledStep(run, loss_and_hits, self.compile)
 
     def evaluate(self, run, part, want_probs=False):
         x, y = self.data[part]
         return evaluate(run, x, y, self.t.eval_batch_size, self.prepare, want_probs, self.device)
 
-    def batches(self, order, x, y):
+    def batches(self, order, x, y, compiled=False):
         """step i -> (xb [K, B, ...], yb [K, B]) on the device for the epoch's order [K, n_used]. With the data on
         the device and K copies of it within PREGATHER_BYTES, the whole epoch is gathered at once into
         [steps, K, B, ...] (each step's batch a contiguous view): one gather of random rows per step cost the
@@ -231,7 +243,7 @@ class Loop:
         CNN, 8 members, 200 MB an epoch, same time), hence the budget."""
         bs, k = self.t.batch_size, order.shape[0]
         # not compiled: views into one epoch tensor made torch.compile build a third graph (tests/test_compile.py)
-        if (self.t.compile or self.home != self.device
+        if (compiled or self.home != self.device
                 or k * self.n_used * (x[:1].nbytes + y[:1].nbytes) > PREGATHER_BYTES):
             return lambda i: (_to(x[order[:, i * bs:(i + 1) * bs]], self.device),
                               _to(y[order[:, i * bs:(i + 1) * bs]], self.device))
@@ -269,7 +281,7 @@ class Loop:
             else:
                 order = torch.stack([torch.randperm(self.n, generator=m.shuffle)[:self.n_used] for m in active])
             order = order.to(self.home)
-            batches = self.batches(order, x_train, y_train)
+            batches = self.batches(order, x_train, y_train, compiled=step is not None)
             loss_sum = torch.zeros(k, device=device)
             hits = torch.zeros(k, device=device)
             step_losses = torch.zeros(k, self.steps_per_epoch, device=device)
@@ -325,6 +337,7 @@ class Loop:
                 if t.record_steps:
                     step_losses[:, i] = loss
                 bar.update(i)
+            steps_s = time.perf_counter() - t0
             ev = {p: self.evaluate(run, p) for p in ("val", "test")}
             dt = time.perf_counter() - t0 - (self.compile.get("compile_s", 0.0) - compile_s)  # epochs only
             sums, counts = loss_sum.tolist(), hits.tolist()
@@ -352,6 +365,9 @@ class Loop:
                     m.hist.stopped_by, m.done = late[0], True
                     log.info("%sstopped after epoch %d: %s", f"member {j} " if k > 1 else "", epoch + 1, late[0])
             bar.done(active, epoch, dt)
+            if t.compile == "auto" and step is None and "auto" not in self.compile and self.steps_per_epoch > first:
+                step = self.compiled_step(run, steps_s / (self.steps_per_epoch - first),
+                                          (t.epochs - epoch - 1) * self.steps_per_epoch)
             self.charge(active)  # the epoch, and what came before it since the last charge
             # checkpoint by elapsed time: its cost is paid every checkpoint_every_s, not every epoch
             if t.checkpoint and epoch + 1 < t.epochs and time.monotonic() - last_save >= t.checkpoint_every_s:
