@@ -24,8 +24,9 @@ How the reports come in, and who decides:
   missing. A trial reporting a decided rung later is judged against the rung's cutoff (it goes on if
   it would have been among the promoted). So synchronous halving needs the rung's trials to train at
   the same time: a batch of trials asked together (n_jobs) and enough workers for its groups; with the
-  basic launcher the groups train one after another, the first waits `stall_s` at each rung and the
-  later ones are judged against its cutoffs (asynchronous halving, in effect).
+  basic launcher the groups train one after another: expkit's Optuna sweeper then sets stall_s=0, so
+  the first decides each rung at once over the trials that reported and the later ones are judged
+  against its cutoffs (asynchronous halving, in effect; it says so in the log).
 """
 import logging
 import time
@@ -159,7 +160,7 @@ class SyncHalvingPruner(optuna.pruners.BasePruner):
             return True
         if step not in self.rungs(step, epochs):
             return False
-        stall = max(self.stall_s, 5.0 * float(epoch_s or 0.0))
+        stall = max(self.stall_s, 5.0 * float(epoch_s or 0.0)) if self.stall_s > 0 else 0.0  # 0: nobody to wait for
         start = last = time.monotonic()
         seen = None
         while True:
@@ -179,7 +180,7 @@ class SyncHalvingPruner(optuna.pruners.BasePruner):
                     seen, last = signature, now
                 waited_out = now - last > stall or (self.max_wait_s is not None and now - start > self.max_wait_s)
                 if not pending or waited_out:
-                    if pending:
+                    if pending and stall > 0:  # (stall 0: nobody to wait for; the decision line names them)
                         log.warning("halving rung (epoch %d): no report for %.0f s from trial(s) %s; deciding over "
                                     "the %d that reported (they are judged against its cutoff when they do)",
                                     step, now - last, sorted(pending), len(reported))

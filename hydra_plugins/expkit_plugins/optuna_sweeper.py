@@ -258,17 +258,35 @@ class OptunaSweeper(Sweeper):
         print("fused: " + (f"each batch of {self.n_jobs} trial(s), groups of at most {self.max_group or 'any size'}"
                            if self.fuse else "no (hydra.sweeper.fuse=true fuses each batch's fusible trials)"))
 
+    def _pruner_for_launcher(self):
+        """The pruner spec the trials get. Synchronous halving under a launcher that runs its jobs one after
+        another (basic, fused) has nobody to wait for: a rung is decided over the groups that reached it (the
+        later ones are judged against its cutoff), where it waited stall_s (120 s) at every rung before."""
+        spec = self.pruner
+        target = str(self.config.hydra.launcher.get("_target_", ""))
+        sequential = target.endswith(("BasicLauncher", "FusedLauncher"))
+        if spec and sequential and str(spec.get("_target_", "")).endswith("SyncHalvingPruner") \
+                and "stall_s" not in spec:
+            if not getattr(self, "_said_sequential", False):
+                log.info("halving: this launcher trains the groups one after another, so each rung is decided "
+                         "over the groups that reached it first (asynchronous, in effect); a joblib worker per "
+                         "group makes it synchronous")
+                self._said_sequential = True
+            spec = {**spec, "stall_s": 0.0}
+        return spec
+
     def _launch(self, batch, fixed, storage, name, sweep_dir, launched, todo):
         """Run a batch of asked trials as jobs, each in its own run dir with its trial file."""
         jobs, names = [], []
         seeds = list(range(1, self.seeds + 1)) if self.seeds > 1 else [None]  # seeds=N: N runs per trial
+        pruner = self._pruner_for_launcher()
         for trial in batch:
             dirs = []
             for seed in seeds:
                 job_dir = _free_dir(sweep_dir, f"trial_{trial.number}" + (f"_seed{seed}" if seed else ""))
                 job_dir.mkdir(parents=True)
                 spec = {"storage": storage, "study_name": name, "number": trial.number,
-                        "trial_id": trial._trial_id, "pruner": self.pruner}  # optuna.trial.Trial(study, trial_id)
+                        "trial_id": trial._trial_id, "pruner": pruner}  # optuna.trial.Trial(study, trial_id)
                 spec.update({"seed": seed, "seeds": seeds} if seed else {})
                 (job_dir / TRIAL_FILE).write_text(json.dumps(spec, indent=2))
                 dirs.append(str(job_dir.resolve()))
