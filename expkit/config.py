@@ -7,6 +7,7 @@ and set only what differs, so a wrong type or an unknown key fails when Hydra co
 (`--cfg job` included), with one line naming the key. `validate` then checks values and how keys
 go together, before anything runs.
 """
+import difflib
 import json
 import math
 from dataclasses import dataclass, field
@@ -93,7 +94,11 @@ def _check(section, schema, node):
     except OmegaConfBaseException as ex:
         key = f"{section}.{ex.full_key}" if getattr(ex, "full_key", None) else section
         msg = str(ex).splitlines()[0]
-        raise UserError(f"config {key}: {msg} (see conf/{section}/ for valid keys)") from None
+        keys = list(OmegaConf.structured(schema).keys())  # the schema's keys (conf/<group>/ lists none)
+        bad = str(getattr(ex, "key", "") or "")
+        near = difflib.get_close_matches(bad, keys, n=1, cutoff=0.6) if bad not in keys else []
+        hint = f"did you mean {section}.{near[0]}? " if near else ""
+        raise UserError(f"config {key}: {msg}; {hint}{section} has {', '.join(keys)}") from None
 
 
 def validate(cfg: DictConfig) -> DictConfig:

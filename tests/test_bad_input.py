@@ -84,3 +84,15 @@ def test_bad_input_gives_one_clear_line(tmp_path, monkeypatch, case):
     left = [p.name for p in tmp_path.rglob("*") if p.name in ("summary.json", "metrics.csv", "checkpoint.pt",
                                                                "model.pt", "predictions.csv")]
     assert not left and not run_dir.exists(), left
+
+
+def test_an_added_misspelt_key_names_the_closest_and_the_groups_keys():
+    """`+model.widht=32` (the hint an unknown key once gave) pointed at conf/model/, which lists no keys."""
+    from conftest import compose_cfg
+    from expkit.config import validate
+    from expkit.errors import UserError
+
+    with pytest.raises(UserError) as ex:
+        validate(compose_cfg(["+model.widht=32"]))
+    assert "did you mean model.width?" in str(ex.value) and "model has name, depth, width" in str(ex.value)
+    assert "conf/model/" not in str(ex.value)
