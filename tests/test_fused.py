@@ -110,17 +110,19 @@ def test_fused_adam_kernel_is_torch_adam_per_member_lr_and_weight_decay(tmp_path
     fused, formula = stacked(hp), stacked(hp)
     formula.fused = None  # the per-element elementwise ops
     assert [(lr, wd) for lr, wd, *_ in fused.fused] == [(0.01, 0.001), (0.003, 0.0)]
+    n = fused.n  # the parameters' elements (the flat tensors' zero padding beyond them belongs to none)
     start = fused.flat.clone()
     for _ in range(20):
-        g = torch.randn_like(fused.grad)
-        fused.grad.copy_(g)
-        formula.grad.copy_(g)
+        g = torch.randn(n)
+        fused.grad[:n].copy_(g)
+        formula.grad[:n].copy_(g)
         fused.step()
         formula.step()
-    torch.testing.assert_close(fused.flat, formula.flat, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused.flat[:n], formula.flat[:n], rtol=1e-5, atol=1e-6)
     for st, st2 in zip(fused.state, formula.state):
-        torch.testing.assert_close(st, st2, rtol=1e-5, atol=1e-9)
-    assert (fused.flat - start).abs().min() > 0  # every element of every member moved
+        torch.testing.assert_close(st[:n], st2[:n], rtol=1e-5, atol=1e-9)
+    assert (fused.flat[:n] - start[:n]).abs().min() > 0  # every element of every member moved
+    assert not fused.flat[n:].any() and not formula.flat[n:].any()  # zero gradients there: the padding stays 0
 
 
 def test_epoch_gathered_at_once_gives_the_per_step_batches(countries_root, tmp_path, monkeypatch):
