@@ -16,22 +16,25 @@ MODELS = {  # name -> (module, kind)
 }
 
 
-def _module(name):
+def _known(name):
     require(name in MODELS, f"unknown model {name!r}; choose one of {sorted(MODELS)} (model=NAME)")
-    return importlib.import_module(MODELS[name][0])
+    return MODELS[name]
+
+
+def _module(name):
+    return importlib.import_module(_known(name)[0])
 
 
 def model_schema(name):
     """The schema of model `name` (expkit/schemas.py), without importing its module."""
     from expkit.schemas import MODEL_SCHEMAS
 
-    require(name in MODELS, f"unknown model {name!r}; choose one of {sorted(MODELS)} (model=NAME)")
+    _known(name)
     return MODEL_SCHEMAS[name]
 
 
 def model_kind(name):
-    require(name in MODELS, f"unknown model {name!r}; choose one of {sorted(MODELS)} (model=NAME)")
-    return MODELS[name][1]
+    return _known(name)[1]
 
 
 def input_transform(conf):

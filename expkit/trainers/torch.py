@@ -354,16 +354,14 @@ class Loop:
                 if t.record_steps:
                     m.steps.append(step_losses[j].cpu().numpy())
                 _stop_or_go(m, row, epoch, t, k)
-                if stop and not m.done:
-                    m.hist.stopped_by, m.done = stop[0], True
-                    log.info("%sstopped after epoch %d: %s", f"member {j} " if k > 1 else "", epoch + 1, stop[0])
+                if stop:
+                    _stop(m, stop[0], j, k, epoch)
             # every member has reported this epoch: a verdict that waited for later members of this group (a
             # synchronous halving rung) is known now, so its member stops here, not one epoch later
             for j, m in enumerate(active):
                 late = [r for r in (cb.settle(epoch + 1) for cb in m.callbacks if hasattr(cb, "settle")) if r]
-                if late and not m.done:
-                    m.hist.stopped_by, m.done = late[0], True
-                    log.info("%sstopped after epoch %d: %s", f"member {j} " if k > 1 else "", epoch + 1, late[0])
+                if late:
+                    _stop(m, late[0], j, k, epoch)
             bar.done(active, epoch, dt)
             if t.compile == "auto" and step is None and "auto" not in self.compile and self.steps_per_epoch > first:
                 step = self.compiled_step(run, steps_s / (self.steps_per_epoch - first),
@@ -379,6 +377,13 @@ class Loop:
                 last_save = time.monotonic()
         if run is not None:
             run.write_back()
+
+
+def _stop(m, reason, j, k, epoch):
+    """A callback's reason (e.g. "pruned") stops member j after this epoch, unless it stopped already."""
+    if not m.done:
+        m.hist.stopped_by, m.done = reason, True
+        log.info("%sstopped after epoch %d: %s", f"member {j} " if k > 1 else "", epoch + 1, reason)
 
 
 def _grad_sq(net, names, k):
