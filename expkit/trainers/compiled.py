@@ -80,7 +80,6 @@ class CompiledStep:
         frozen = {n: p for n, p in net.named_parameters() if not p.requires_grad}
         self.buffers = dict(net.named_buffers())
         self.t = torch.zeros((), device=run.flat.device)
-        self.called = False
 
         def loss_of(flat, buffers, xb, yb):
             params = {n: _view(v, s, c) for n, v, s, c in zip(names, run.split(flat), shapes, run.nhwc)}
@@ -95,38 +94,51 @@ class CompiledStep:
 
         # Dynamo keeps one cache per code object and checks every guard of an entry on each call: ~420 guards
         # here (module attributes, closures, tensors), ~0.15 ms of a ~0.6 ms step. This stack's step gets a
-        # code object of its own, so its cache holds one entry, and is called with guard evaluation skipped:
+        # code object of its own, so its cache holds one entry, and runs without guards after its first call:
         # the loop calls it only with what it was compiled for (full batches of one shape, train mode, the
         # same flat/state/buffer tensors, one precision); another K is another CompiledStep.
         own = types.FunctionType(step.__code__.replace(), step.__globals__, step.__name__, step.__defaults__,
                                  step.__closure__)
         self.fn = torch.compile(own, fullgraph=True, dynamic=False)
+        self.call = None  # the compiled function, once compiled (the first call)
+
+    def _compile(self, args):
+        """Compile and run the first step: (the callable that runs the step from now on, the first step's output).
+        Where torch has it, the function compiled ahead of time with its guards switched off: called directly,
+        not through Dynamo's frame hook and cache lookup (P1C's 418 steps: 0.19 -> 0.14 s, the same graph).
+        Else Dynamo's compiled function, called with guard evaluation skipped."""
+        if hasattr(self.fn, "aot_compile"):
+            fn = self.fn.aot_compile((args, {}))
+            fn.disable_guard_check()
+            return fn, fn(*args)
+        out = self.fn(*args)
+
+        def call(*a):
+            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                return self.fn(*a)
+        return call, out
 
     def __call__(self, xb, yb):
         run = self.run
         run.t += 1
         self.t.fill_(run.t)
-        first = not self.called  # this stack's first call compiles (the run's first sets the graph count's base)
-        self.called = True
-        if self.stats.get("graphs_before") is None:
+        args = (run.flat, run.state, self.buffers, xb, yb, self.t)
+        if self.call is not None:
+            return self.call(*args)
+        if self.stats.get("graphs_before") is None:  # the run's first compile sets the graph count's base
             self.stats["graphs_before"] = self.counters["stats"]["unique_graphs"]
         t0 = time.perf_counter()
         try:
-            if first:
-                out = self.fn(run.flat, run.state, self.buffers, xb, yb, self.t)
-            else:
-                with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-                    out = self.fn(run.flat, run.state, self.buffers, xb, yb, self.t)
+            self.call, out = self._compile(args)
         except Exception as ex:  # a graph break or a compiler error: say so, train on eagerly
             run.t -= 1
             self.stats["fallback"] = f"{type(ex).__name__}: {str(ex).splitlines()[0][:300] if str(ex) else ''}"
             log.warning("trainer.compile: the step could not be compiled (%s); training eagerly",
                         self.stats["fallback"])
             raise Fallback() from None
-        if first:
-            self.stats["compile_s"] = self.stats.get("compile_s", 0.0) + time.perf_counter() - t0
-            if self.stats.get("marker"):
-                self.stats["marker"].touch()
+        self.stats["compile_s"] = self.stats.get("compile_s", 0.0) + time.perf_counter() - t0
+        if self.stats.get("marker"):
+            self.stats["marker"].touch()
         return out
 
 

@@ -234,7 +234,7 @@ class Loop:
         x, y = self.data[part]
         return evaluate(run, x, y, self.t.eval_batch_size, self.prepare, want_probs, self.device)
 
-    def batches(self, order, x, y, compiled=False):
+    def batches(self, order, x, y):
         """step i -> (xb [K, B, ...], yb [K, B]) on the device for the epoch's order [K, n_used]. With the data on
         the device and K copies of it within PREGATHER_BYTES, the whole epoch is gathered at once into
         [steps, K, B, ...] (each step's batch a contiguous view): one gather of random rows per step cost the
@@ -242,8 +242,7 @@ class Loop:
         member's epoch 8% faster. Large rows (images) gain nothing from it (the copy is bandwidth-bound: hw6 synth
         CNN, 8 members, 200 MB an epoch, same time), hence the budget."""
         bs, k = self.t.batch_size, order.shape[0]
-        # not compiled: views into one epoch tensor made torch.compile build a third graph (tests/test_compile.py)
-        if (compiled or self.home != self.device
+        if (self.home != self.device
                 or k * self.n_used * (x[:1].nbytes + y[:1].nbytes) > PREGATHER_BYTES):
             return lambda i: (_to(x[order[:, i * bs:(i + 1) * bs]], self.device),
                               _to(y[order[:, i * bs:(i + 1) * bs]], self.device))
@@ -262,6 +261,7 @@ class Loop:
         x_train, y_train = self.data["train"]
         last_save, run = time.monotonic(), None
         started = (start, time.perf_counter())
+        record_steps = t.record_steps  # read once: a DictConfig attribute costs ~50 us, a step ~300 us
         for epoch in range(start, t.epochs):
             active = [m for m in members if not m.done]
             if not active:
@@ -281,7 +281,7 @@ class Loop:
             else:
                 order = torch.stack([torch.randperm(self.n, generator=m.shuffle)[:self.n_used] for m in active])
             order = order.to(self.home)
-            batches = self.batches(order, x_train, y_train, compiled=step is not None)
+            batches = self.batches(order, x_train, y_train)
             loss_sum = torch.zeros(k, device=device)
             hits = torch.zeros(k, device=device)
             step_losses = torch.zeros(k, self.steps_per_epoch, device=device)
@@ -334,7 +334,7 @@ class Loop:
                     loss = loss.detach()
                 loss_sum += loss * yb.shape[1]
                 hits += h
-                if t.record_steps:
+                if record_steps:
                     step_losses[:, i] = loss
                 bar.update(i)
             steps_s = time.perf_counter() - t0
@@ -351,7 +351,7 @@ class Loop:
                 row["time_s"] = earlier[j] + dt / k  # its share of the epoch (fused: k members trained in dt)
                 m.hist.rows.append(row)
                 stop = [reason for reason in (callback(row) for callback in m.callbacks) if reason]
-                if t.record_steps:
+                if record_steps:
                     m.steps.append(step_losses[j].cpu().numpy())
                 _stop_or_go(m, row, epoch, t, k)
                 if stop:
