@@ -68,15 +68,16 @@ def expkit_run(model, splits, epochs, tmp):
     return (time.perf_counter() - t0) / epochs, hist.rows[-1]["val_acc"], hist.rows[-1]["test_acc"]
 
 
-def compare(root, epochs):
-    """Both loops on the same model and init; returns {name: (s/epoch, val acc, test acc)}, ratio, gap."""
+def compare(root, epochs, only=None):
+    """Both loops on the same model and init; returns {name: (s/epoch, val acc, test acc)}, ratio, gap.
+    only="course": the course loop alone; returns its {name: ...}."""
     import tempfile
 
     splits = load(OmegaConf.create({"name": "countries", "root": str(root)}))
     mconf = OmegaConf.create({"name": "mlp", "depth": 6, "width": 16, "hidden": None, "batchnorm": True,
                               "activation": "relu", "residual": False, "encoding": "raw", "standardize": False})
     results = {}
-    for name in ("course", "expkit"):
+    for name in (only,) if only else ("course", "expkit"):
         torch.manual_seed(42)
         model = build(mconf, splits)[1]
         with tempfile.TemporaryDirectory() as tmp:
@@ -84,6 +85,8 @@ def compare(root, epochs):
                 expkit_run(model, splits, epochs, tmp)
         print(f"{name:>7}: {results[name][0]:.3f} s/epoch  val acc {results[name][1]:.4f}  "
               f"test acc {results[name][2]:.4f}")
+    if only:
+        return results
     ratio = results["course"][0] / results["expkit"][0]
     return results, ratio, abs(results["course"][2] - results["expkit"][2]) * 100
 

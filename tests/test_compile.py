@@ -54,7 +54,7 @@ def test_compiled_step_equals_eager_for_one_member_and_a_fused_group(optim, coun
             close(c, e)
             info = c.extras["compile"]
             assert info["graphs"] == 1 and info["fallback"] is None and info["eager"] is None, info
-            assert info["compile_s"] > 0 and info["last_batch"]
+            assert info["compile_s"] > 0 and info["last_batch"] and info["call"] == "direct"
             assert "compile" not in e.extras
         assert compiled[0].rows[-1]["train_loss"] != eager[0].rows[0]["train_loss"]  # it trained
 
@@ -77,6 +77,48 @@ def test_compiled_cnn_equals_eager(tmp_path):
     eager, = fit(ov, [1], tmp_path)
     close(compiled, eager)
     assert compiled.extras["compile"]["graphs"] == 1 and compiled.extras["compile"]["fallback"] is None
+
+
+def test_the_direct_call_is_dynamos_compiled_code_bit_for_bit(countries_root):
+    """After its first call a CompiledStep runs Dynamo's compiled code directly (no frame hook, no guards): the
+    same parameters, optimizer state and BatchNorm statistics, to the bit, as calling it through Dynamo, and no
+    graph compiled again."""
+    import torch._dynamo.utils
+
+    from expkit.trainers.compiled import CompiledStep
+    from expkit.trainers.stacked import Stack
+
+    cfg = validate(compose_cfg([f"data.root={countries_root}", *MLP, "optim.lr=0.01", "seed=1"]))
+    splits = load_for(cfg)
+    x, y = torch.as_tensor(splits.train.x[:64]), torch.as_tensor(splits.train.y[:64])
+    runs, steps = [], []
+    torch._dynamo.reset()
+    for _ in range(2):
+        torch.manual_seed(1)
+        run = Stack([trainer.Member(cfg, build(cfg.model, splits)[1], None)], torch.device("cpu"))
+        run.net.train()
+        runs.append(run)
+        steps.append(CompiledStep(run, trainer.loss_and_hits, {}))
+    direct, dynamo = steps
+    init = runs[0].flat.clone()
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for i in range(20):
+        xb, yb = x[None].roll(i, 1), y[None].roll(i, 1)
+        direct(xb, yb)
+        if dynamo.call is None:
+            dynamo(xb, yb)
+        else:
+            run = dynamo.run
+            run.t += 1
+            dynamo.t.fill_(run.t)
+            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                dynamo.fn(run.flat, run.state, dynamo.buffers, xb, yb, dynamo.t)
+    assert direct.stats["call"] == "direct" and direct.call.__code__ is not direct.own.__code__
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 2  # one per stack, none again
+    a, b = runs
+    assert torch.equal(a.flat, b.flat) and all(torch.equal(s, t) for s, t in zip(a.state, b.state))
+    assert all(torch.equal(direct.buffers[n], dynamo.buffers[n]) for n in direct.buffers)
+    assert torch.equal(init, b.flat) is False and (a.flat - init).abs().max() > 1e-3  # it trained
 
 
 def test_recording_gradient_norms_keeps_the_eager_step_and_says_why(countries_root, tmp_path):

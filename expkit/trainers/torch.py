@@ -185,14 +185,14 @@ class Loop:
 
     def compile_summary(self):
         """What trainer.compile=true did: graphs compiled, seconds compiling (outside time_per_epoch_s),
-        a fallback to eager (why), or why the step stayed eager."""
+        a fallback to eager (why), or why the step stayed eager; how the compiled step is called (compiled.py)."""
         from torch._dynamo.utils import counters
 
         c = self.compile
         graphs = counters["stats"]["unique_graphs"] - c["graphs_before"] if "graphs_before" in c else 0
         return {"graphs": graphs, "compile_s": round(c.get("compile_s", 0.0), 3), "fallback": c.get("fallback"),
-                "eager": c.get("eager"), "auto": c.get("auto"), "last_batch": "eager (another shape)" if self.n_used % self.t.batch_size
-                else None}
+                "eager": c.get("eager"), "auto": c.get("auto"), "call": c.get("call"),
+                "last_batch": "eager (another shape)" if self.n_used % self.t.batch_size else None}
 
     def charge(self, members):
         """The time since the last charge, divided among `members` (each member's wall_s is its share)."""
