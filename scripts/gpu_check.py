@@ -418,11 +418,27 @@ def sklearn_probe(ctx):
 
 @path("compile")
 def compile_(ctx):
-    s = run(MLP + ctx.dev + ["trainer.compile=true"], ctx.dir("compile"))
-    e = run(MLP + ctx.dev, ctx.dir("compile_eager"))
+    """The compiled step (trainer.compile=true): one graph, called directly, CUDA graphs on a GPU; losses within
+    1e-3 of eager; its steady epoch against eager's; and a fused group of 4 seeds compiled as one step."""
+    many = MLP[:-1] + ["trainer.epochs=4", "trainer.batch_size=32"]  # full batches: the compiled step
+    s = run(many + ctx.dev + ["trainer.compile=true"], ctx.dir("compile"))
+    e = run(many + ctx.dev, ctx.dir("compile_eager"))
     diff = max_rel_diff(metrics(ctx.dir("compile")), metrics(ctx.dir("compile_eager")))
     assert diff <= 1e-3, f"compiled vs eager: losses differ by {diff:.2e} (relative)"
-    return f"torch.compile on {s['device']}: losses within {diff:.1e} of eager ({e['device']})"
+    c = s["compile"]
+    assert c["graphs"] == 1 and c["fallback"] is None and c["call"] == "direct", f"compile summary {c}"
+    assert c["cuda_graphs"] is (not ctx.cpu), f"CUDA graphs {c['cuda_graphs']} on {s['device']}"
+    steady = [epoch_seconds(ctx.dir(d))[-1] for d in ("compile", "compile_eager")]
+    fused = _compare_members(ctx, "compile_fused", ["seed=1,2,3,4"], 4, many + ctx.dev + ["trainer.compile=true"],
+                             [(0, ["seed=1"])], rtol=1e-3)
+    return (f"torch.compile on {s['device']} (CUDA graphs {c['cuda_graphs']}, compile {c['compile_s']:.1f}s): "
+            f"losses within {diff:.1e} of eager; last epoch {steady[0]:.3f}s vs eager {steady[1]:.3f}s; {fused}")
+
+
+def epoch_seconds(d):
+    import pandas as pd
+
+    return pd.read_csv(Path(d) / "metrics.csv")["time_s"].tolist()
 
 
 def main(argv=None):

@@ -55,6 +55,7 @@ def test_compiled_step_equals_eager_for_one_member_and_a_fused_group(optim, coun
             info = c.extras["compile"]
             assert info["graphs"] == 1 and info["fallback"] is None and info["eager"] is None, info
             assert info["compile_s"] > 0 and info["last_batch"] and info["call"] == "direct"
+            assert info["cuda_graphs"] is False  # the CPU
             assert "compile" not in e.extras
         assert compiled[0].rows[-1]["train_loss"] != eager[0].rows[0]["train_loss"]  # it trained
 
@@ -119,6 +120,31 @@ def test_the_direct_call_is_dynamos_compiled_code_bit_for_bit(countries_root):
     assert torch.equal(a.flat, b.flat) and all(torch.equal(s, t) for s, t in zip(a.state, b.state))
     assert all(torch.equal(direct.buffers[n], dynamo.buffers[n]) for n in direct.buffers)
     assert torch.equal(init, b.flat) is False and (a.flat - init).abs().max() > 1e-3  # it trained
+
+
+def test_the_cuda_graph_path_runs_on_the_cpu_to_the_same_bits(countries_root):
+    """cuda_graphs=True (what CUDA gets: static inputs, mode reduce-overhead, a step mark per call) on the CPU,
+    where inductor skips the CUDA graph: the same parameters and BatchNorm statistics as the plain compiled step.
+    Whether the graph pays on a GPU is scripts/gpu_check.sh's (path compile)."""
+    from expkit.trainers.compiled import CompiledStep
+    from expkit.trainers.stacked import Stack
+
+    cfg = validate(compose_cfg([f"data.root={countries_root}", *MLP, "optim.lr=0.01", "seed=1"]))
+    splits = load_for(cfg)
+    x, y = torch.as_tensor(splits.train.x[:64]), torch.as_tensor(splits.train.y[:64])
+    torch._dynamo.reset()
+    steps = []
+    for graphs in (True, False):
+        torch.manual_seed(1)
+        run = Stack([trainer.Member(cfg, build(cfg.model, splits)[1], None)], torch.device("cpu"))
+        run.net.train()
+        steps.append(CompiledStep(run, trainer.loss_and_hits, {}, cuda_graphs=graphs))
+    for i in range(10):
+        outs = [s(x[None].roll(i, 1), y[None].roll(i, 1)) for s in steps]
+        assert all(torch.equal(a, b) for a, b in zip(*outs))
+    g, plain = steps
+    assert g.stats["cuda_graphs"] is True and plain.stats["cuda_graphs"] is False
+    assert torch.equal(g.run.flat, plain.run.flat) and all(torch.equal(g.buffers[n], plain.buffers[n]) for n in g.buffers)
 
 
 def test_recording_gradient_norms_keeps_the_eager_step_and_says_why(countries_root, tmp_path):

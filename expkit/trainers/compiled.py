@@ -69,7 +69,7 @@ def warm_marker(run, batch_size):
 class CompiledStep:
     """The compiled step of one Stack: call(xb, yb) -> (per-member mean loss [K], hits [K])."""
 
-    def __init__(self, run, loss_and_hits, stats):
+    def __init__(self, run, loss_and_hits, stats, cuda_graphs=None):
         from torch._dynamo.utils import counters
 
         self.run, self.stats, self.counters = run, stats, counters
@@ -99,7 +99,17 @@ class CompiledStep:
         # tensors, one precision); another K is another CompiledStep.
         self.own = types.FunctionType(step.__code__.replace(), step.__globals__, step.__name__, step.__defaults__,
                                       step.__closure__)
-        self.fn = torch.compile(self.own, fullgraph=True, dynamic=False)
+        # On CUDA the step also runs as a CUDA graph (mode reduce-overhead: one launch replays all its kernels, the
+        # standard cure for a small model's launch overhead). A graph reads and writes fixed addresses: the tensors
+        # the step mutates are marked static (they are: the same flat/state/buffers every step); each batch is
+        # copied into the graph's own input. On the CPU inductor skips CUDA graphs: the same code, the same bits.
+        self.cuda_graphs = run.flat.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        stats["cuda_graphs"] = self.cuda_graphs
+        if self.cuda_graphs:
+            for v in (run.flat, *run.state, *self.buffers.values(), self.t):
+                torch._dynamo.mark_static_address(v)
+        self.fn = torch.compile(self.own, fullgraph=True, dynamic=False,
+                                mode="reduce-overhead" if self.cuda_graphs else None)
         self.call = None  # what runs the compiled step, once compiled (the first call)
 
     def _compile(self, args):
@@ -131,6 +141,8 @@ class CompiledStep:
         run.t += 1
         self.t.fill_(run.t)
         args = (run.flat, run.state, self.buffers, xb, yb, self.t)
+        if self.cuda_graphs:  # a new iteration: the last step's outputs (read already) may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         if self.call is not None:
             return self.call(*args)
         if self.stats.get("graphs_before") is None:  # the run's first compile sets the graph count's base

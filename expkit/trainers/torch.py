@@ -192,6 +192,7 @@ class Loop:
         graphs = counters["stats"]["unique_graphs"] - c["graphs_before"] if "graphs_before" in c else 0
         return {"graphs": graphs, "compile_s": round(c.get("compile_s", 0.0), 3), "fallback": c.get("fallback"),
                 "eager": c.get("eager"), "auto": c.get("auto"), "call": c.get("call"),
+                "cuda_graphs": c.get("cuda_graphs"),
                 "last_batch": "eager (another shape)" if self.n_used % self.t.batch_size else None}
 
     def charge(self, members):
