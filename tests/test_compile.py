@@ -27,6 +27,7 @@ def fit(overrides, seeds, tmp_path, callbacks=None):
     members = []
     for k, c in enumerate(cfgs):
         torch.manual_seed(c.seed)
+        (tmp_path / f"m{k}").mkdir(parents=True, exist_ok=True)
         members.append(trainer.Member(c, build(c.model, splits)[1], tmp_path / f"m{k}",
                                       callbacks=(callbacks or {}).get(k, [])))
     torch._dynamo.reset()
@@ -145,6 +146,51 @@ def test_the_cuda_graph_path_runs_on_the_cpu_to_the_same_bits(countries_root):
     g, plain = steps
     assert g.stats["cuda_graphs"] is True and plain.stats["cuda_graphs"] is False
     assert torch.equal(g.run.flat, plain.run.flat) and all(torch.equal(g.buffers[n], plain.buffers[n]) for n in g.buffers)
+
+
+def test_a_compiled_group_preempted_mid_epoch_resumes_to_the_same_bits(countries_root, tmp_path, monkeypatch):
+    """A compiled fused group asked to stop in epoch 2 (a scheduler's SIGTERM) checkpoints mid-epoch; run again it
+    compiles again and ends bit-equal to the uninterrupted compiled group: losses, accuracies, every step's loss."""
+    import signal
+
+    from expkit import preempt
+
+    ov = [f"data.root={countries_root}", *MLP, "optim.lr=0.01", "trainer.compile=true", "trainer.checkpoint=true",
+          "trainer.checkpoint_every_s=3600", "trainer.record_steps=true"]
+    ref = fit(ov, [1, 2], tmp_path / "ref")
+    calls = {"n": 0}
+
+    def requested():  # 10 steps an epoch: the 14th check is before epoch 2's step 3 (0-based)
+        calls["n"] += 1
+        if calls["n"] == 14:
+            preempt._state["signal"] = signal.SIGTERM
+        return preempt._state["signal"] is not None
+
+    monkeypatch.setattr(preempt, "requested", requested)
+    with pytest.raises(preempt.Preempted, match="checkpoint in epoch 2 at step 3/10"):
+        fit(ov, [1, 2], tmp_path / "run")
+    monkeypatch.undo()
+    state = torch.load(tmp_path / "run" / "m0" / "checkpoint.pt", weights_only=False)
+    assert state["partial"]["step"] == 3 and len(state["rows"]) == 1
+    resumed = fit(ov, [1, 2], tmp_path / "run")
+    for r, h in zip(resumed, ref):
+        a, b = pd.DataFrame(r.rows).drop(columns="time_s"), pd.DataFrame(h.rows).drop(columns="time_s")
+        pd.testing.assert_frame_equal(a, b)
+        np.testing.assert_array_equal(r.steps, h.steps)
+        assert r.extras["compile"]["graphs"] == 1
+
+
+@pytest.mark.parametrize("case", ["early_stop", "diverge"])
+def test_compiled_runs_stop_early_and_diverge_as_eager_runs_do(case, countries_root, tmp_path):
+    ov = [f"data.root={countries_root}", *MLP] + (
+        ["optim.lr=0.01", "trainer.early_stop.patience=1", "trainer.early_stop.min_delta=1"] if case == "early_stop"
+        else ["model.batchnorm=false", "optim=sgd", "optim.lr=1e6", "optim.momentum=0.9"])
+    compiled, = fit(ov + ["trainer.compile=true"], [1], tmp_path / "c")
+    eager, = fit(ov, [1], tmp_path / "e")
+    assert compiled.extras["compile"]["graphs"] == 1
+    assert len(compiled.rows) == len(eager.rows) < 3
+    assert (compiled.stopped_early, compiled.diverged) == (eager.stopped_early, eager.diverged) == (
+        (True, False) if case == "early_stop" else (False, True))
 
 
 def test_recording_gradient_norms_keeps_the_eager_step_and_says_why(countries_root, tmp_path):
