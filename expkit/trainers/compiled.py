@@ -70,6 +70,7 @@ class CompiledStep:
     """The compiled step of one Stack: call(xb, yb) -> (per-member mean loss [K], hits [K])."""
 
     def __init__(self, run, loss_and_hits, stats, cuda_graphs=None):
+        t0 = time.perf_counter()  # set-up (importing Dynamo: ~1-2 s in a fresh process) counts as compile time
         from torch._dynamo.utils import counters
 
         self.run, self.stats, self.counters = run, stats, counters
@@ -111,6 +112,7 @@ class CompiledStep:
         self.fn = torch.compile(self.own, fullgraph=True, dynamic=False,
                                 mode="reduce-overhead" if self.cuda_graphs else None)
         self.call = None  # what runs the compiled step, once compiled (the first call)
+        stats["compile_s"] = stats.get("compile_s", 0.0) + time.perf_counter() - t0
 
     def _compile(self, args):
         """Compile and run the first step: (what runs the step from now on, the first step's output). Compiled by

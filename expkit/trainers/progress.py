@@ -15,9 +15,10 @@ def _clock(seconds):
 class Progress:
     """A progress bar with the epoch, the ETA and, in a sweep, the job (#k/N: Hydra's job number of
     N, set by the sweeper as EXPKIT_JOB) on a terminal; one plain log line per epoch, ETA included, otherwise."""
-    def __init__(self, epoch, epochs, steps, started):
+    def __init__(self, epoch, epochs, steps, started, excluded=lambda: 0.0):
         self.epoch, self.epochs, self.steps = epoch, epochs, steps
         self.first = started  # (first epoch trained by this process, its start time): the pace so far
+        self.excluded = excluded  # seconds since then that are not the pace (compiling the step: once)
         self.tty = sys.stderr.isatty()
         self.every = max(1, steps // 50)
         job = os.environ.get("EXPKIT_JOB")
@@ -30,7 +31,7 @@ class Progress:
         if done <= 0:
             return None
         left = (self.epochs - self.epoch) * self.steps - done_steps
-        return (time.perf_counter() - t_start) / done * left
+        return (time.perf_counter() - t_start - self.excluded()) / done * left
 
     def update(self, i):
         if self.tty and i % self.every == 0:

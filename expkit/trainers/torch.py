@@ -295,7 +295,7 @@ class Loop:
                 grad_sq.copy_(torch.stack([p["grad_sq"] for p in part], dim=-1))
                 for m in active:
                     m.partial = None
-            bar = Progress(epoch, t.epochs, self.steps_per_epoch, started)
+            bar = Progress(epoch, t.epochs, self.steps_per_epoch, started, lambda: self.compile.get("compile_s", 0.0))
             for i in range(first, self.steps_per_epoch):
                 if preempt.requested():  # a scheduler asked this job to stop: save where it is, then stop
                     if not t.checkpoint:
