@@ -83,8 +83,8 @@ def run_job(cfg):
             h.close()
     from expkit.report.aggregate import build_report, write_table
 
-    if sweeping:
-        write_table(run_dir.parent)  # keep the sweep table current after every job
+    if sweeping:  # keep the sweep table current after every job (the sweep dir: where its multirun.yaml is)
+        write_table(next((p for p in run_dir.parents if (p / "multirun.yaml").exists()), run_dir.parent))
     elif cfg.get("report") and cfg.report.get("plots"):
         build_report(run_dir)  # a single-run preset's own plots
     return summaries[0].get("status")  # expkit's optuna sweeper reads the objective from summary.json

@@ -1,7 +1,7 @@
 """What expkit's entrypoints (expkit/cli.py: train.py, the expkit command, the Python API) and its
 sweepers (hydra_plugins/expkit_plugins) share, below both: where the configs are and their options,
-a config error as one line, the preview a command line asks for and the failed jobs a sweep reports
-(the exit status). Imports nothing of the entrypoints or the plugins, so both can import it."""
+a config error as one line, the preview a command line asks for, the failed jobs a sweep reports
+(the exit status) and where a sweep dir's jobs are. Imports nothing of the entrypoints or the plugins, so both can import it."""
 import difflib
 import re
 import sys
@@ -102,3 +102,16 @@ def _did_you_mean(key, cause):
     if near:
         return f"; did you mean {' or '.join(map(name, near))}?"
     return f"; {prefix or 'the top level'} has {', '.join(keys)}"
+
+
+def job_pattern(sweep_dir) -> str:
+    """The glob, relative to a sweep dir, of its job dirs: `*`, or one `*` per level of the user's
+    hydra.sweep.subdir as its multirun.yaml records it (`lr${optim.lr}/s${seed}`: `*/*`)."""
+    import yaml
+
+    f = Path(sweep_dir) / "multirun.yaml"
+    try:
+        sub = str(((yaml.safe_load(f.read_text()) or {}).get("hydra") or {}).get("sweep", {}).get("subdir") or "")
+    except (OSError, yaml.YAMLError, AttributeError):
+        sub = ""
+    return "/".join(["*"] * max(1, len([part for part in sub.split("/") if part])))

@@ -1,5 +1,8 @@
 """Sweeps: the results table, paired axes, failure isolation, presets, re-running one job."""
 
+import json
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -30,6 +33,26 @@ def test_cli_sweep_writes_table_with_a_row_per_job(countries_root, tmp_path):
     assert list(df["optim.lr"]) == [0.1, 0.01, 0.001]
     assert (df.status == "completed").all() and df.test_acc.notna().all()
     assert "| optim.lr |" in (out / "results.md").read_text()
+
+
+def test_a_nested_subdir_sweep_leaves_one_table_and_skips_its_finished_jobs(tmp_path):
+    """hydra.sweep.subdir=lr${optim.lr}/s${seed} puts the jobs two levels down: the sweep still leaves one
+    table (and best.json, the terminal table) in its dir, with the jobs' paths, and none per level; run again,
+    its finished jobs are skipped. Before: a table per lr dir, none for the sweep, no best.json."""
+    args = ["data=points2d", "data.n=200", "trainer.epochs=1", "optim.lr=0.1,0.01", "seed=1,2",
+            "hydra.sweep.subdir=lr${optim.lr}/s${seed}"]
+    r, out = sweep(tmp_path, *args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    df = pd.read_csv(out / "results.csv")
+    assert sorted(df.job) == ["lr0.01/s1", "lr0.01/s2", "lr0.1/s1", "lr0.1/s2"] and (df.status == "completed").all()
+    assert not list(out.glob("*/results.csv"))  # no partial table per level
+    best = json.loads((out / "best.json").read_text())
+    assert all(Path(d).parent.name == f"lr{best['config']['optim.lr']}" for d in best["dirs"])
+    assert "optim.lr  status" in r.stdout + r.stderr and "0 failed; table:" in r.stdout + r.stderr
+    r, _ = sweep(tmp_path, *args[:-3], "optim.lr=0.1,0.001", "seed=1,2", args[-1])
+    log = r.stdout + r.stderr
+    assert r.returncode == 0 and log.count("this exact config already finished") == 2, log[-2000:]
+    assert len(pd.read_csv(out / "results.csv")) == 6
 
 
 @pytest.mark.parametrize("preset,n,keys", [("ex4/depth_width", 7, ["model.depth", "model.width"]),

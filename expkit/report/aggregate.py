@@ -26,13 +26,17 @@ METRICS = ["train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_l
 
 
 def job_dirs(root: Path):
-    """Run dirs under root (a run dir itself counts), in job order."""
+    """Run dirs under root (a run dir itself counts; a sweep's jobs at the depth its hydra.sweep.subdir
+    gives them: session.job_pattern), in job order."""
+    from expkit.session import job_pattern
+
     root = Path(root)
     if (root / ".hydra").is_dir() or (root / "summary.json").exists():
         return [root]
-    dirs = [p.parent for p in root.glob("*/.hydra")] + [p.parent for p in root.glob("*/summary.json")]
-    dirs = sorted(set(dirs), key=lambda p: (0, int(p.name)) if p.name.isdigit() else (1, p.name))
-    return dirs
+    at = job_pattern(root)
+    dirs = [p.parent for p in root.glob(f"{at}/.hydra")] + [p.parent for p in root.glob(f"{at}/summary.json")]
+    return sorted(set(dirs), key=lambda p: [(0, int(x), "") if x.isdigit() else (1, 0, x)
+                                            for x in p.relative_to(root).parts])
 
 
 def _overrides(d: Path, summary=None):

@@ -44,6 +44,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict, read_write
 
 from expkit.errors import UserError
+from expkit.session import job_pattern
 from hydra_plugins.expkit_plugins.fusing import GROUP_KEY, Job, fuses, launch_batch, local_slots, plan, task_cfg
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ def existing_jobs(sweep_dir: Path):
     from expkit.runner import SUMMARY
 
     found = {}
-    for f in sorted(sweep_dir.glob("*/.hydra/config.yaml")):
+    for f in sorted(sweep_dir.glob(f"{job_pattern(sweep_dir)}/.hydra/config.yaml")):
         d = f.parent.parent
         try:
             ident = canonical(OmegaConf.load(f))
@@ -185,7 +186,7 @@ def existing_jobs(sweep_dir: Path):
                 pass
         finished = status in ("completed", "diverged")
         if ident not in found or (finished and not found[ident][1]):  # a finished dir beats an unfinished one
-            found[ident] = (d.name, finished)
+            found[ident] = (d.relative_to(sweep_dir).as_posix(), finished)
     return found
 
 
@@ -347,7 +348,7 @@ class ExpkitSweeper(Sweeper):
             try:
                 returns += self._launch(todo, sweep_dir, root)
             finally:  # expkit's runs get their table; a plain Hydra app's jobs (no summary.json) none
-                ours = any(sweep_dir.glob(f"*/{SUMMARY}"))
+                ours = any(sweep_dir.glob(f"{job_pattern(sweep_dir)}/{SUMMARY}"))
                 table = build_report(sweep_dir) if ours else None
             if not ours:
                 jobs_total += len(todo)
