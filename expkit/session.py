@@ -1,7 +1,8 @@
 """What expkit's entrypoints (expkit/cli.py: train.py, the expkit command, the Python API) and its
 sweepers (hydra_plugins/expkit_plugins) share, below both: where the configs are and their options,
 a config error as one line, the preview a command line asks for, the failed jobs a sweep reports
-(the exit status) and where a sweep dir's jobs are. Imports nothing of the entrypoints or the plugins, so both can import it."""
+(the exit status) and where a sweep dir's jobs are. Imports nothing of the entrypoints or the plugins,
+so both can import it."""
 import difflib
 import re
 import sys
